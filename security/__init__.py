@@ -2,5 +2,6 @@
 
 from security._crypto import seal, unseal
 from security._keys import KeyRing, load_keyring
+from security._vault import Vault, VaultError
 
-__all__ = ["KeyRing", "load_keyring", "seal", "unseal"]
+__all__ = ["KeyRing", "Vault", "VaultError", "load_keyring", "seal", "unseal"]
