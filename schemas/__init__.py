@@ -6,6 +6,7 @@ each other's internals. ``SCHEMA_VERSION`` changes when a contract changes shape
 """
 
 from schemas._contracts import (
+    PSEUDONYM_SYSTEM,
     SCHEMA_VERSION,
     Advisory,
     AdvisoryKind,
@@ -22,6 +23,7 @@ from schemas._contracts import (
 )
 
 __all__ = [
+    "PSEUDONYM_SYSTEM",
     "SCHEMA_VERSION",
     "Advisory",
     "AdvisoryKind",

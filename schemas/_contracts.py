@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+PSEUDONYM_SYSTEM = "urn:wardgate:pseudonym"
+"""Identifier system of a subject reference that holds a pseudonym (replaced at egress)."""
 
 
 class _Contract(BaseModel):

@@ -1,0 +1,133 @@
+"""Model outputs -> the advisory writeback sends: FHIR R4 resources, all ``preliminary``.
+
+For a risk model the advisory holds three resources:
+- an Observation carrying the score (``valueInteger``), coded as the manifest says;
+- a RiskAssessment whose ``prediction[0].qualitativeRisk.text`` is the band label and whose
+  ``basis`` points at that Observation only;
+- a Provenance naming the model (id, version) as a Device agent, targeting both.
+
+The subject is a logical reference by the pseudonym identifier; writeback swaps in the real
+identifier at egress. Ids are UUIDv5 of (model, version, message, subject, resource type),
+so re-processing a message yields the same ids, and each resource also carries that id as a
+business identifier for conditional create. References between the three resources use
+``urn:uuid:<id>`` so writeback can post them together in one transaction Bundle. No patient
+time appears anywhere: ``Provenance.recorded`` is the time of scoring (required by FHIR).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+from inference._manifest import ModelManifest
+from schemas import PSEUDONYM_SYSTEM, Advisory, AdvisoryKind, InferenceRequest
+
+ADVISORY_ID_SYSTEM = "urn:wardgate:advisory"
+_NAMESPACE = uuid.UUID("6f1d1e0c-8a52-5b57-9a0e-3c1f0b8b2d11")
+
+
+def resource_id(model_id: str, version: str, message_id: int, subject: str, kind: str) -> str:
+    """Deterministic id of one advisory resource."""
+    return str(uuid.uuid5(_NAMESPACE, f"{model_id}|{version}|{message_id}|{subject}|{kind}"))
+
+
+def explain(manifest: ModelManifest, outputs: dict[str, float]) -> list[str]:
+    """``parameter=sub-score`` for every parameter that added to the score, largest first."""
+    parts = [
+        (int(outputs[out]), name)
+        for out, name in manifest.advisory.component_outputs.items()
+        if out in outputs and outputs[out] > 0
+    ]
+    parts.sort(key=lambda p: (-p[0], p[1]))
+    return [f"{name}={score}" for score, name in parts] or ["all parameters scored 0"]
+
+
+def build_advisories(
+    manifest: ModelManifest,
+    request: InferenceRequest,
+    outputs: dict[str, float],
+    *,
+    recorded: datetime | None = None,
+) -> Advisory:
+    """One advisory (score Observation, RiskAssessment, Provenance) for one scored request."""
+    mapping = manifest.advisory
+    score = outputs[mapping.score_output]
+    band = int(outputs[mapping.band_output])
+    label = mapping.band_labels.get(band, f"band {band}")
+    ids = {
+        kind: resource_id(manifest.id, manifest.version, request.message_id, request.subject, kind)
+        for kind in ("Observation", "RiskAssessment", "Provenance")
+    }
+    subject = {"identifier": {"system": PSEUDONYM_SYSTEM, "value": request.subject}}
+    device = f"wardgate model {manifest.id} {manifest.version}"
+    code = mapping.observation_code
+
+    def identifier(kind: str) -> list[dict[str, str]]:
+        return [{"system": ADVISORY_ID_SYSTEM, "value": ids[kind]}]
+
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": ids["Observation"],
+        "identifier": identifier("Observation"),
+        "status": "preliminary",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "survey",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [code.model_dump(exclude_none=True)], "text": code.display},
+        "subject": subject,
+        "valueInteger": int(score),
+        "interpretation": [{"text": label}],
+        "device": {"display": device},
+    }
+    risk: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": ids["RiskAssessment"],
+        "identifier": identifier("RiskAssessment"),
+        "status": "preliminary",
+        "subject": subject,
+        "method": {"text": f"{manifest.id} {manifest.version}"},
+        "basis": [{"reference": f"urn:uuid:{ids['Observation']}"}],
+        "prediction": [{"qualitativeRisk": {"text": label}}],
+        "note": [{"text": "Advisory only; computed by " + device}],
+    }
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": ids["Provenance"],
+        "target": [
+            {"reference": f"urn:uuid:{ids['Observation']}"},
+            {"reference": f"urn:uuid:{ids['RiskAssessment']}"},
+        ],
+        "recorded": _instant(recorded or datetime.now(UTC)),
+        "agent": [{"who": {"type": "Device", "display": device}}],
+    }
+    Observation.model_validate(observation)
+    RiskAssessment.model_validate(risk)
+    Provenance.model_validate(provenance)
+    return Advisory(
+        message_id=request.message_id,
+        model_id=manifest.id,
+        model_version=manifest.version,
+        subject=request.subject,
+        kind=AdvisoryKind(mapping.kind),
+        score=float(score),
+        interpretation=label,
+        explanation=explain(manifest, outputs),
+        resources=[observation, risk, provenance],
+    )
+
+
+def _instant(moment: datetime) -> str:
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,275 @@
+"""The model sandbox and the engine, with real worker processes.
+
+A worker has no network, a scrubbed environment, resource limits, and is restarted when it
+dies or hangs; the engine hosts one sandbox per verified bundle and scores batches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from inference import (
+    NEWS2_COLUMNS,
+    FeatureExtractor,
+    InferenceEngine,
+    ModelBundle,
+    Sandbox,
+    SandboxError,
+    SandboxLimits,
+    UnknownModel,
+    build_advisories,
+    build_news2_bundle,
+    load_bundle,
+)
+from schemas import FeatureValue, InferenceRequest, ObservationFact
+
+
+@pytest.fixture(scope="module")
+def publisher() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, publisher: Ed25519PrivateKey) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_news2_bundle(root / "news2", publisher)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(models_dir: Path, publisher: Ed25519PrivateKey) -> ModelBundle:
+    return load_bundle(models_dir / "news2", [publisher.public_key()])
+
+
+@pytest.fixture(scope="module")
+def sandbox(bundle: ModelBundle) -> Iterator[Sandbox]:
+    with Sandbox(bundle, SandboxLimits(call_timeout_s=5)) as sb:
+        yield sb
+
+
+def random_batch(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lows = np.array([4, 70, 0, 60, 30, 33, 0, 0], dtype=np.float32)
+    highs = np.array([40, 100, 1, 240, 180, 41, 1, 1], dtype=np.float32)
+    batch = rng.uniform(lows, highs, size=(n, len(NEWS2_COLUMNS))).astype(np.float32)
+    batch[:, [2, 6, 7]] = np.round(batch[:, [2, 6, 7]])
+    return batch
+
+
+def test_scores_a_batch_identically_to_in_process_onnxruntime(
+    sandbox: Sandbox, bundle: ModelBundle
+) -> None:
+    batch = random_batch(512)
+    session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(names, {"features": batch}), strict=True))
+    got = sandbox.run(batch)
+    assert got.keys() == expected.keys()
+    for name in names:
+        assert got[name].dtype == expected[name].dtype
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_worker_cannot_open_a_socket(sandbox: Sandbox) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        report = sandbox.self_check(connect_to=listener.getsockname())
+        assert report["connect_errno"] in (errno.ENETUNREACH, errno.ECONNREFUSED, errno.EACCES)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+
+
+def test_environment_is_scrubbed(bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARDGATE_KEY_VAULT", "c2VjcmV0")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    with Sandbox(bundle) as sb:
+        keys = sb.self_check()["env_keys"]
+    assert not [k for k in keys if k.startswith("WARDGATE")]
+    assert "PYTHONPATH" not in keys
+    assert set(keys) <= {
+        "PATH",
+        "LANG",
+        "HOME",
+        "XDG_CACHE_HOME",
+        "OMP_NUM_THREADS",
+        "ORT_DISABLE_TELEMETRY",
+        "LD_LIBRARY_PATH",
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+    }
+
+
+def test_worker_holds_only_its_pipes_and_runs_unprivileged(sandbox: Sandbox) -> None:
+    report = sandbox.self_check()
+    assert set(report["open_fds"]) == {"0", "1", "2", "3", "4"}
+    assert [report["open_fds"][fd] for fd in ("0", "1", "2")] == ["/dev/null"] * 3
+    if os.geteuid() == 0:
+        assert report["uid"] == 65534
+    assert report["rlimit_as"] == sandbox.limits.memory_bytes
+
+
+def test_enforcement_reports_what_is_enforced(sandbox: Sandbox) -> None:
+    enforced = sandbox.enforcement
+    assert sandbox.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert enforced["network"] == "network namespace (no interfaces)"
+    if sandbox.provider == "CPUExecutionProvider":
+        assert enforced["memory"] == f"RLIMIT_AS {sandbox.limits.memory_bytes}"
+    assert enforced["cpu"].startswith(f"RLIMIT_CPU {sandbox.limits.cpu_seconds} s")
+    assert {"environment", "wall_clock", "fds", "files", "privileges"} <= enforced.keys()
+
+
+def test_killed_worker_is_restarted_and_the_next_call_succeeds(sandbox: Sandbox) -> None:
+    before, restarts = sandbox.pid, sandbox.restarts
+    assert before is not None
+    os.kill(before, signal.SIGKILL)
+    assert sandbox.run(random_batch(4))["total"].shape == (4,)
+    assert sandbox.pid != before
+    assert sandbox.restarts == restarts + 1
+
+
+def test_hung_worker_is_killed_and_the_batch_retried(bundle: ModelBundle) -> None:
+    with Sandbox(bundle, SandboxLimits(call_timeout_s=0.5)) as sb:
+        hung = sb.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        assert sb.run(random_batch(3))["band"].shape == (3,)
+        assert sb.pid != hung and sb.restarts == 1
+
+
+def test_second_failure_raises_sandbox_error_with_the_reason(bundle: ModelBundle) -> None:
+    with Sandbox(bundle) as sb:
+        sb.limits = replace(sb.limits, memory_bytes=64 << 20)  # replacements cannot load
+        assert sb.pid is not None
+        os.kill(sb.pid, signal.SIGKILL)
+        with pytest.raises(SandboxError, match="worker failed twice"):
+            sb.run(random_batch(2))
+
+
+def test_worker_that_cannot_start_is_reported(bundle: ModelBundle) -> None:
+    with pytest.raises(SandboxError, match="worker failed to start"):
+        Sandbox(bundle, SandboxLimits(memory_bytes=64 << 20)).start()
+
+
+def test_batch_of_the_wrong_width_is_refused_before_the_pipe(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError, match=r"float32 \[N, 8\]"):
+        sandbox.run(np.zeros((2, 7), dtype=np.float32))
+
+
+# --- the engine ------------------------------------------------------------------------
+
+WHEN = datetime(2031, 3, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def engine(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, publisher: Ed25519PrivateKey
+) -> Iterator[InferenceEngine]:
+    root = tmp_path_factory.mktemp("engine")
+    shutil.copytree(models_dir / "news2", root / "news2")
+    shutil.copytree(models_dir / "news2", root / "tampered")
+    with (root / "tampered" / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    with InferenceEngine(root, [publisher.public_key()]) as eng:
+        yield eng
+
+
+def request(message_id: int, values: Mapping[str, float]) -> InferenceRequest:
+    return InferenceRequest(
+        model_id="news2",
+        model_version="1.0.0",
+        message_id=message_id,
+        subject=f"psn-{message_id}",
+        features=[
+            FeatureValue(name=n, value=values[n], source_system="s", source_code=n, effective=WHEN)
+            for n in NEWS2_COLUMNS
+        ],
+    )
+
+
+NORMAL: dict[str, float] = dict(
+    zip(NEWS2_COLUMNS, [16.0, 97.0, 0.0, 120.0, 70.0, 37.0, 0.0, 0.0], strict=True)
+)
+
+
+def test_engine_loads_verified_bundles_and_records_refusals(engine: InferenceEngine) -> None:
+    assert [m.id for m in engine.models] == ["news2"]
+    assert engine.manifest("news2").version == "1.0.0"
+    assert engine.refused == {"tampered": "file model.onnx does not match its signed hash"}
+    status = engine.status()
+    assert list(status) == ["news2"]
+    assert status["news2"]["version"] == "1.0.0"
+    assert status["news2"]["provider"] == "CPUExecutionProvider"
+    assert status["news2"]["enforcement"]["network"].startswith("network namespace")
+
+
+def test_engine_scores_a_batch_in_request_order(engine: InferenceEngine) -> None:
+    sick = {**NORMAL, "respiratory_rate": 26, "heart_rate": 120, "systolic_bp": 95}
+    results = engine.score("news2", [request(1, NORMAL), request(2, sick)])
+    assert [(r.message_id, r.subject) for r in results] == [(1, "psn-1"), (2, "psn-2")]
+    assert [r.outputs["total"] for r in results] == [0.0, 7.0]
+    assert [r.outputs["band"] for r in results] == [0.0, 3.0]
+
+
+def test_engine_refuses_unknown_models_and_non_finite_inputs(engine: InferenceEngine) -> None:
+    with pytest.raises(UnknownModel):
+        engine.score("qsofa", [request(1, NORMAL)])
+    with pytest.raises(UnknownModel):
+        engine.manifest("qsofa")
+    with pytest.raises(ValueError, match="not a finite number"):
+        engine.score("news2", [request(1, {**NORMAL, "spo2": float("nan")})])
+
+
+def test_observations_to_advisory_through_the_engine(engine: InferenceEngine) -> None:
+    """The stage's whole path: facts -> features -> sandboxed NEWS2 -> FHIR advisory."""
+    loinc, snomed = "http://loinc.org", "http://snomed.info/sct"
+    t = WHEN - timedelta(minutes=30)
+    facts = [
+        ObservationFact(system=loinc, code=c, value=v, unit=u, effective=t)
+        for c, v, u in [
+            ("9279-1", 25, "/min"),
+            ("59408-5", 95, "%"),
+            ("3151-8", 2, "L/min"),
+            ("8480-6", 105, "mm[Hg]"),
+            ("8867-4", 95, "/min"),
+            ("8310-5", 37, "Cel"),
+        ]
+    ]
+    facts.append(
+        ObservationFact(system=snomed, code="1104441000000107", value_code="248234008", effective=t)
+    )
+    manifest = engine.manifest("news2")
+    req = FeatureExtractor(manifest).extract(11, "psn-11", facts, WHEN, {})
+    assert isinstance(req, InferenceRequest)
+    (result,) = engine.score("news2", [req])
+    advisory = build_advisories(manifest, req, result.outputs)
+    # RR 25 -> 3, SpO2 95 -> 1, oxygen -> 2, SBP 105 -> 1, HR 95 -> 1: total 8, high
+    assert (advisory.score, advisory.interpretation) == (8.0, "high")
+    assert advisory.explanation == [
+        "respiratory_rate=3",
+        "air_or_oxygen=2",
+        "heart_rate=1",
+        "spo2=1",
+        "systolic_bp=1",
+    ]
+
+
+def test_model_whose_worker_cannot_start_is_refused_not_fatal(
+    models_dir: Path, publisher: Ed25519PrivateKey
+) -> None:
+    limits = SandboxLimits(memory_bytes=64 << 20)
+    with InferenceEngine(models_dir, [publisher.public_key()], limits) as eng:
+        assert eng.models == []
+        assert eng.refused["news2"].startswith("worker failed to start")
