@@ -1,0 +1,195 @@
+"""End-to-end benchmark: MLLP in -> disposition, ACK latency, and where the time goes.
+
+Run: .venv/bin/python benchmarks/e2e_mllp.py [--messages 6000]
+Prints (and benchmarks/e2e_mllp.out keeps) four tables, each measured in this run:
+1. HL7 v2 parse rate: wardgate's reader beside hl7apy on the same ORU messages;
+2. in-process cost per message of each stage's main work (parse, FHIR, de-id);
+3. end-to-end throughput of a real gateway subprocess: ORU messages/s from the first
+   send to the last disposition, with pipelined senders on several connections;
+4. ACK latency p50/p99 at fixed offered rates (scheduled sends, not closed-loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
+
+from adapters import MllpClient, ack_code  # noqa: E402
+from gateway._demo_feed import one_oru  # noqa: E402
+from gateway.normalize import parse_message, to_fhir  # noqa: E402
+from security.deid import Deidentifier  # noqa: E402
+from tests.conftest import GatewayProcess  # noqa: E402
+
+VITALS = {"rr": 18, "spo2": 96, "o2_flow": 0, "sbp": 122, "hr": 84, "temp": 37.1, "acvpu": "A"}
+T0 = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def messages(n: int, tag: str, patients: int = 200) -> list[bytes]:
+    return [
+        one_oru(f"BENCH{i % patients:04d}", f"{tag}-{i}", VITALS, T0 + timedelta(minutes=i))
+        for i in range(n)
+    ]
+
+
+def rate(fn: object, items: list[bytes], repeat: int = 1) -> float:
+    assert callable(fn)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for item in items:
+            fn(item)
+    return len(items) * repeat / (time.perf_counter() - start)
+
+
+def parse_table(sample: list[bytes]) -> list[str]:
+    ours = rate(parse_message, sample)
+    theirs = rate(lambda m: hl7apy_parse(m.decode().replace("\n", "\r"), find_groups=False), sample)
+    return [
+        "| parser | ORU msgs/s | ratio |",
+        "|---|---:|---:|",
+        f"| wardgate reader | {ours:,.0f} | {ours / theirs:.1f}x |",
+        f"| hl7apy (find_groups=False) | {theirs:,.0f} | 1.0x |",
+    ]
+
+
+def stage_table(sample: list[bytes]) -> list[str]:
+    deid = Deidentifier(os.urandom(32), os.urandom(32))
+    parsed = [parse_message(m) for m in sample]
+    bundles = [to_fhir(p) for p in parsed]
+    steps = [
+        ("parse (wardgate reader)", lambda i: parse_message(sample[i])),
+        ("HL7 -> FHIR R4 (fhir.resources validated)", lambda i: to_fhir(parsed[i])),
+        ("de-identify bundle", lambda i: deid.deidentify(bundles[i])),
+    ]
+    rows = ["| in-process step | µs/msg | msgs/s on one core |", "|---|---:|---:|"]
+    for name, fn in steps:
+        start = time.perf_counter()
+        for i in range(len(sample)):
+            fn(i)
+        per = (time.perf_counter() - start) / len(sample)
+        rows.append(f"| {name} | {per * 1e6:,.0f} | {1 / per:,.0f} |")
+    return rows
+
+
+async def _send_pipelined(port: int, batch: list[bytes], window: int) -> int:
+    ok = 0
+    async with MllpClient("127.0.0.1", port, timeout_s=60) as client:
+        inflight = 0
+        for message in batch:
+            client.write(message)
+            inflight += 1
+            if inflight >= window:
+                ok += ack_code(await client.read_ack()) == "AA"
+                inflight -= 1
+        for _ in range(inflight):
+            ok += ack_code(await client.read_ack()) == "AA"
+    return ok
+
+
+def disposed(data_dir: Path) -> int:
+    conn = sqlite3.connect(f"file:{data_dir / 'wardgate.db'}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM dispositions").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def throughput(
+    gw: GatewayProcess, n: int, tag: str, connections: int = 8, window: int = 64
+) -> list[str]:
+    batch = messages(n, tag)
+    chunks = [batch[i::connections] for i in range(connections)]
+    base = disposed(gw.data_dir)
+    start = time.perf_counter()
+
+    async def send_all() -> list[int]:
+        return list(
+            await asyncio.gather(*(_send_pipelined(gw.mllp_port, c, window) for c in chunks))
+        )
+
+    acked = sum(asyncio.run(send_all()))
+    acked_at = time.perf_counter() - start
+    deadline = time.monotonic() + 600
+    while disposed(gw.data_dir) - base < acked:
+        if time.monotonic() > deadline:
+            raise RuntimeError("dispositions stalled")
+        time.sleep(0.02)
+    done_at = time.perf_counter() - start
+    return [
+        f"| {n} ORU over {connections} connections, window {window} | value |",
+        "|---|---:|",
+        f"| accepted (AA) | {acked} |",
+        f"| ingest rate (all ACKs back) | {n / acked_at:,.0f} msgs/s |",
+        f"| end-to-end rate (last disposition) | {n / done_at:,.0f} msgs/s |",
+    ]
+
+
+def ack_latency(gw: GatewayProcess, offered: int, seconds: float, connections: int = 4) -> str:
+    n = int(offered * seconds)
+    batch = messages(n, f"LAT{offered}")
+    latencies: list[float] = []
+
+    async def sender(k: int) -> None:
+        mine = batch[k::connections]
+        interval = connections / offered
+        async with MllpClient("127.0.0.1", gw.mllp_port, timeout_s=60) as client:
+            begin = time.perf_counter() + k * interval / connections
+            for i, message in enumerate(mine):
+                delay = begin + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent = time.perf_counter()
+                await client.send(message)
+                latencies.append(time.perf_counter() - sent)
+
+    async def run() -> None:
+        await asyncio.gather(*(sender(k) for k in range(connections)))
+
+    asyncio.run(run())
+    q = statistics.quantiles(latencies, n=100)
+    return f"| {offered} msgs/s | {len(latencies)} | {q[49] * 1000:.2f} | {q[98] * 1000:.2f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=6000)
+    args = parser.parse_args()
+    sample = messages(1000, "P")
+    out = [f"# e2e_mllp benchmark, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores", ""]
+    out += ["## HL7 v2 parse rate (same 1,000 ORU^R01, 7 OBX each)", "", *parse_table(sample), ""]
+    out += ["## Where a message's CPU goes (in-process, one core)", "", *stage_table(sample), ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        gw = GatewayProcess(Path(tmp) / "data").start()
+        try:
+            throughput(gw, 500, "WARM")  # warm-up: sandbox, SQLite caches
+            out += ["## End to end through a real gateway (MLLP -> disposition)", ""]
+            out += [*throughput(gw, args.messages, "TP"), ""]
+            out += [
+                "## ACK latency at a fixed offered rate (4 connections)",
+                "",
+                "| offered | messages | p50 ms | p99 ms |",
+                "|---|---:|---:|---:|",
+            ]
+            for offered in (200, 500, 1000):
+                out.append(ack_latency(gw, offered, seconds=5))
+        finally:
+            gw.stop()
+    text = "\n".join(out) + "\n"
+    print(text)
+    (REPO / "benchmarks" / "e2e_mllp.out").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gateway._cli import main
+
+main()

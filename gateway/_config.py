@@ -1,0 +1,124 @@
+"""Configuration: one YAML file, environment overrides, safe defaults.
+
+Precedence (highest first): explicit CLI flags, ``WARDGATE_*`` environment variables
+(``WARDGATE_MLLP__PORT=2576``), the YAML file, the defaults here. Defaults are the
+safe ones: listeners on 127.0.0.1, external destinations off, and shadow mode on for
+any destination that is enabled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ListenerConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int
+
+
+class MllpListenerConfig(ListenerConfig):
+    port: int = 2575
+    max_message_bytes: int = 1_048_576
+
+
+class HttpListenerConfig(ListenerConfig):
+    port: int = 8080
+
+
+class IdentifierRef(BaseModel):
+    system: str
+    value: str
+
+
+class SandboxConfig(BaseModel):
+    memory_bytes: int = 2 * 1024**3
+    cpu_seconds: int = 3600
+    call_timeout_s: float = 10.0
+
+
+class InferenceConfig(BaseModel):
+    batch_max: int = 256
+    batch_wait_ms: float = 2.0
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="base64 raw Ed25519 public keys of model publishers"
+    )
+    news2_spo2_scale2_patients: list[IdentifierRef] = Field(
+        default_factory=list,
+        description="patients whose NEWS2 uses SpO2 scale 2 (hypercapnic respiratory failure)",
+    )
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+class MllpDestinationConfig(BaseModel):
+    name: str
+    host: str
+    port: int
+    enabled: bool = False
+    shadow: bool = True
+    timeout_s: float = 5.0
+
+
+class WritebackConfig(BaseModel):
+    mllp: list[MllpDestinationConfig] = Field(default_factory=list)
+
+
+class DeidConfig(BaseModel):
+    shift_range_days: tuple[int, int] = (-365, -1)
+
+
+class Settings(BaseSettings):
+    """The whole gateway's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="WARDGATE_", env_nested_delimiter="__")
+
+    data_dir: Path = Path("data")
+    timezone: str = "UTC"
+    log_level: str = "INFO"
+    mllp: MllpListenerConfig = Field(default_factory=MllpListenerConfig)
+    http: HttpListenerConfig = Field(default_factory=HttpListenerConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    writeback: WritebackConfig = Field(default_factory=WritebackConfig)
+    deid: DeidConfig = Field(default_factory=DeidConfig)
+    key_files: dict[str, Path] = Field(
+        default_factory=dict, description="key name -> file holding it (Kubernetes secrets)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment overrides the YAML file (passed in as init values)."""
+        return (env_settings, init_settings, file_secret_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), let the environment override it, then apply CLI flags.
+
+    ``overrides`` use dotted names (``mllp.port``); ``None`` means "not given".
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: top level must be a mapping")
+        file_values = loaded or {}
+    merged = Settings(**file_values).model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        target = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return Settings.model_validate(merged)

@@ -1,0 +1,56 @@
+"""Prometheus metrics, one registry per gateway instance (tests run several in a process).
+
+Names follow the convention: ``wardgate_<what>_<unit>``; labels never carry identifiers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "wardgate_messages",
+            "Messages by stage and outcome",
+            ["stage", "outcome"],
+            registry=self.registry,
+        )
+        self.ack_seconds = Histogram(
+            "wardgate_ack_seconds",
+            "Time from a complete MLLP frame to its ACK being written",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "wardgate_stage_seconds",
+            "Time a stage spends on one batch",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "wardgate_inference_batch_rows",
+            "Rows per sandbox inference call",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "wardgate_model_info",
+            "Loaded models and the execution provider each runs on",
+            ["model", "version", "provider"],
+            registry=self.registry,
+        )
+        self.deid_actions = Counter(
+            "wardgate_deid_actions",
+            "De-identification actions by rule",
+            ["rule", "action"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,140 @@
+"""The writeback stage: ``advisories`` topic -> the advisory store and destinations.
+
+Advisories are only ever *created*: the store has no update or delete path, and ids
+are deterministic, so a replayed batch creates nothing twice. The real patient
+identifier is re-attached only here (for an MLLP destination) or at the API (for FHIR
+reads); the store itself stays pseudonymous. External destinations are off by default;
+an enabled one in shadow mode is computed and recorded but not sent (``shadowed``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from adapters import ack_code, advisory_oru, send_blocking
+from gateway._config import MllpDestinationConfig
+from gateway._log import get_logger
+from gateway._metrics import Metrics
+from gateway._store import Store
+from schemas import Advisory, Disposition, Outcome
+from security import Vault
+from security.audit import AuditLog
+
+log = get_logger("writeback")
+CONSUMER = "writeback"
+TOPIC_IN = "advisories"
+STORE_DESTINATION = "advisory-store"
+_ATTEMPTS = 3
+
+
+class WritebackStage:
+    name = "writeback"
+
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        audit: AuditLog,
+        metrics: Metrics,
+        destinations: Sequence[MllpDestinationConfig],
+        batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._vault = vault
+        self._audit = audit
+        self._metrics = metrics
+        self._destinations = [d for d in destinations if d.enabled]
+        self._batch = batch
+
+    def step(self) -> int:
+        entries = self._store.read(TOPIC_IN, self._store.offset(CONSUMER), self._batch)
+        if not entries:
+            return 0
+        started = time.perf_counter()
+        dispositions = []
+        for entry in entries:
+            body = json.loads(entry.payload)
+            advisories = [Advisory.model_validate(a) for a in body["advisories"]]
+            dispositions.append(self._deliver(int(body["message_id"]), advisories))
+        with self._store.transaction() as tx:
+            for entry, disposition in zip(entries, dispositions, strict=True):
+                for advisory in json.loads(entry.payload)["advisories"]:
+                    for resource in advisory["resources"]:
+                        tx.create_advisory(disposition.message_id, advisory["subject"], resource)
+                tx.dispose(disposition)
+            tx.commit_offset(CONSUMER, entries[-1].offset)
+        for disposition in dispositions:
+            self._audit.append(
+                "writeback",
+                disposition.outcome.value,
+                disposition.message_id,
+                destinations=",".join(disposition.destinations),
+            )
+            self._metrics.messages.labels("writeback", disposition.outcome.value).inc()
+        self._metrics.stage_seconds.labels("writeback").observe(time.perf_counter() - started)
+        return len(entries)
+
+    def _deliver(self, message_id: int, advisories: list[Advisory]) -> Disposition:
+        """Send to each enabled destination (or shadow it) and decide the one outcome."""
+        sent, shadowed, failed = [STORE_DESTINATION], [], []
+        for dest in self._destinations:
+            if dest.shadow:
+                shadowed.append(dest.name)
+                continue
+            if self._send(dest, message_id, advisories):
+                sent.append(dest.name)
+            else:
+                failed.append(dest.name)
+        now = datetime.now(UTC)
+        if failed:
+            reason = f"destination {', '.join(failed)}: no AA after {_ATTEMPTS} attempts"
+            return Disposition(
+                message_id=message_id,
+                outcome=Outcome.DEAD_LETTERED,
+                reason=reason,
+                destinations=sent,
+                at=now,
+            )
+        if shadowed:
+            reason = f"shadow mode: computed and recorded, not sent to {', '.join(shadowed)}"
+            return Disposition(
+                message_id=message_id,
+                outcome=Outcome.SHADOWED,
+                reason=reason,
+                destinations=sent,
+                at=now,
+            )
+        return Disposition(
+            message_id=message_id,
+            outcome=Outcome.WRITTEN_BACK,
+            reason=f"{len(advisories)} advisory(ies) created",
+            destinations=sent,
+            at=now,
+        )
+
+    def _send(
+        self, dest: MllpDestinationConfig, message_id: int, advisories: list[Advisory]
+    ) -> bool:
+        for advisory in advisories:
+            identifiers = self._vault.get(advisory.subject)
+            message = advisory_oru(
+                f"WG{message_id}-{advisory.model_id}", identifiers, advisory.resources
+            )
+            for attempt in range(_ATTEMPTS):
+                try:
+                    if (
+                        ack_code(send_blocking(dest.host, dest.port, message, dest.timeout_s))
+                        == "AA"
+                    ):
+                        break
+                except OSError as exc:
+                    log.warning(
+                        "destination.error", destination=dest.name, error=type(exc).__name__
+                    )
+                time.sleep(0.2 * 2**attempt)
+            else:
+                return False
+        return True
