@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from adapters import MllpClient, ack_code  # noqa: E402
 from gateway._demo_feed import one_oru  # noqa: E402
@@ -136,6 +138,27 @@ def throughput(
     ]
 
 
+def stage_split(gw: GatewayProcess) -> list[str]:
+    """Busy seconds per message in each pipeline stage, from the gateway's own metrics."""
+    time.sleep(1.5)  # the pipeline publishes its metrics once a second
+    with urllib.request.urlopen(gw.url + "/metrics") as resp:
+        text = resp.read().decode()
+    busy: dict[str, float] = {}
+    handled: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name == "wardgate_stage_seconds_sum":
+                busy[stage] = busy.get(stage, 0.0) + sample.value
+            elif sample.name == "wardgate_messages_total":
+                handled[stage] = handled.get(stage, 0.0) + sample.value
+    rows = ["| pipeline stage (child process) | busy µs/msg |", "|---|---:|"]
+    for stage in ("process", "infer", "writeback"):
+        if handled.get(stage):
+            rows.append(f"| {stage} | {busy.get(stage, 0.0) / handled[stage] * 1e6:,.0f} |")
+    return rows
+
+
 def ack_latency(gw: GatewayProcess, offered: int, seconds: float, connections: int = 4) -> str:
     n = int(offered * seconds)
     batch = messages(n, f"LAT{offered}")
@@ -176,6 +199,8 @@ def main() -> None:
             throughput(gw, 500, "WARM")  # warm-up: sandbox, SQLite caches
             out += ["## End to end through a real gateway (MLLP -> disposition)", ""]
             out += [*throughput(gw, args.messages, "TP"), ""]
+            out += ["## Where the pipeline's time goes (all messages so far)", ""]
+            out += [*stage_split(gw), ""]
             out += [
                 "## ACK latency at a fixed offered rate (4 connections)",
                 "",

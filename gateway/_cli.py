@@ -23,6 +23,8 @@ audit_app = typer.Typer(
     no_args_is_help=True, help="Verify and read the tamper-evident audit trail."
 )
 app.add_typer(audit_app, name="audit")
+stage_app = typer.Typer(no_args_is_help=True, help="Run one part of the pipeline on its own.")
+app.add_typer(stage_app, name="stage")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML configuration file")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="where state and keys live")]
@@ -43,34 +45,27 @@ def run(
     """Run the gateway on embedded defaults (SQLite, in-process bus, CPU inference)."""
     settings = _settings(config, data_dir, **{"mllp.port": mllp_port, "http.port": http_port})
     configure(settings.log_level)
-    asyncio.run(_run(settings, demo))
+    asyncio.run(_run(settings, config, demo))
 
 
-async def _run(settings: Settings, demo: bool) -> None:
+async def _run(settings: Settings, config: Path | None, demo: bool) -> None:
     from gateway._runtime import Gateway
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, config)
     async with asyncio.TaskGroup() as group:
         group.create_task(gateway.run(stop))
-        await gateway.ports.ready.wait()
-        host = settings.http.host
+        await gateway.ready.wait()
+        url = f"http://{settings.http.host}:{gateway.http_port}"
         typer.echo(
-            f"wardgate listening: MLLP {settings.mllp.host}:{gateway.ports.mllp}, "
-            f"HTTP http://{host}:{gateway.ports.http}",
+            f"wardgate listening: MLLP {settings.mllp.host}:{gateway.mllp_port}, HTTP {url}",
             err=True,
         )
         if demo:
-            await _demo(
-                settings.mllp.host,
-                gateway.ports.mllp,
-                f"http://{host}:{gateway.ports.http}",
-                patients=12,
-                rounds=4,
-            )
+            await _demo(settings.mllp.host, gateway.mllp_port, url, patients=12, rounds=4)
 
 
 async def _demo(host: str, port: int, base_url: str, patients: int, rounds: int) -> None:
@@ -105,23 +100,45 @@ def demo_cmd(
     asyncio.run(_demo(host, port, http_url, patients, rounds))
 
 
+@stage_app.command("pipeline")
+def stage_pipeline(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Run the normalize, infer and writeback stages (``run`` starts this for you)."""
+    from gateway._pipeline import Pipeline, exit_with_parent
+
+    exit_with_parent()
+    settings = _settings(config, data_dir)
+    configure(settings.log_level)
+    Pipeline(settings).run()
+
+
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Exit 0 if the audit trail is intact; otherwise name the first bad entry and exit 1."""
+    """Exit 0 if every audit chain is intact; otherwise name the first bad entry, exit 1.
+
+    Each writing process keeps its own chain under ``<data-dir>/audit/`` (the gateway's
+    ingest decisions, the pipeline's stage decisions).
+    """
     from security import load_keyring
     from security.audit import verify_log
 
     settings = _settings(config, data_dir)
-    if not (settings.data_dir / "audit.log").exists():
+    logs = sorted((settings.data_dir / "audit").glob("*.log"))
+    if not logs:
         typer.echo(f"no audit trail under {settings.data_dir}", err=True)
         raise typer.Exit(2)
     keys = load_keyring(settings.data_dir, settings.key_files)
-    report = verify_log(settings.data_dir / "audit.log", keys.audit_public)
-    if report.ok:
-        typer.echo(f"audit trail intact: {report.entries} entries")
-        return
-    typer.echo(f"audit trail BROKEN at entry {report.first_bad}: {report.reason}", err=True)
-    raise typer.Exit(1)
+    broken = False
+    for path in logs:
+        report = verify_log(path, keys.audit_public)
+        if report.ok:
+            typer.echo(f"{path.name}: intact, {report.entries} entries")
+        else:
+            typer.echo(
+                f"{path.name}: BROKEN at entry {report.first_bad}: {report.reason}", err=True
+            )
+            broken = True
+    if broken:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -71,20 +71,56 @@ def _aad(sender: str, control_id: str) -> bytes:
     return f"journal|{sender}|{control_id}".encode()
 
 
-class Journal:
-    """Encrypted, durable, append-only store of raw inbound messages."""
+class JournalReader:
+    """Reads (and decrypts) the journal; any process holding the key may open one."""
 
     def __init__(self, path: Path, key: bytes) -> None:
-        self._path = path
         self._key = key
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._writer = connect(path)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
+
+    def read_after(self, offset: int, limit: int) -> list[InboundMessage]:
+        """Decrypt up to ``limit`` messages with journal id greater than ``offset``."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT id, source_kind, sender, control_id, received_at, content_type, sha256,"
+                " sealed FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+                (offset, limit),
+            ).fetchall()
+        return [
+            InboundMessage(
+                id=row[0],
+                source=Source(kind=row[1], name=row[2]),
+                control_id=row[3],
+                received_at=datetime.fromisoformat(row[4]),
+                content_type=row[5],
+                sha256=row[6],
+                payload=unseal(self._key, row[7], _aad(row[2], row[3])),
+            )
+            for row in rows
+        ]
+
+    def lookup(self, control_id: str) -> list[tuple[int, str]]:
+        """Journal ids and senders of messages with this MSH-10 (there may be several senders)."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT id, sender FROM journal WHERE control_id = ? ORDER BY id", (control_id,)
+            ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class Journal(JournalReader):
+    """Encrypted, durable, append-only store of raw inbound messages (the one writer)."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        super().__init__(path, key)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._writer = connect(path)
         self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._thread.start()
-        self.new_data = threading.Event()
-        self.commits = 0
 
     async def append(
         self, source: Source, control_id: str, content_type: str, payload: bytes
@@ -141,54 +177,18 @@ class Journal:
                     ).fetchone()
                     results.append(Appended(int(row[0]), duplicate=True))
             cur.execute("COMMIT")
-            self.commits += 1
         except BaseException as exc:  # the callers must hear of it: no ACK without a commit
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
             results = [exc] * len(group)
-        self.new_data.set()
         for p, result in zip(group, results, strict=True):
             p.loop.call_soon_threadsafe(_resolve, p.future, result)
-
-    def read_after(self, offset: int, limit: int) -> list[InboundMessage]:
-        """Decrypt up to ``limit`` messages with journal id greater than ``offset``."""
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT id, source_kind, sender, control_id, received_at, content_type, sha256,"
-                " sealed FROM journal WHERE id > ? ORDER BY id LIMIT ?",
-                (offset, limit),
-            ).fetchall()
-        return [
-            InboundMessage(
-                id=row[0],
-                source=Source(kind=row[1], name=row[2]),
-                control_id=row[3],
-                received_at=datetime.fromisoformat(row[4]),
-                content_type=row[5],
-                sha256=row[6],
-                payload=unseal(self._key, row[7], _aad(row[2], row[3])),
-            )
-            for row in rows
-        ]
-
-    def lookup(self, control_id: str) -> list[tuple[int, str]]:
-        """Journal ids and senders of messages with this MSH-10 (there may be several senders)."""
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT id, sender FROM journal WHERE control_id = ? ORDER BY id", (control_id,)
-            ).fetchall()
-        return [(int(r[0]), str(r[1])) for r in rows]
-
-    def last_id(self) -> int:
-        with self._read_lock:
-            row = self._reader.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()
-        return int(row[0])
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
         self._writer.close()
-        self._reader.close()
+        super().close()
 
 
 def _resolve(future: asyncio.Future[Appended], result: Appended | BaseException) -> None:

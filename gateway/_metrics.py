@@ -5,7 +5,12 @@ Names follow the convention: ``wardgate_<what>_<unit>``; labels never carry iden
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -54,3 +59,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merge_exposition(*texts: str) -> bytes:
+    """One valid exposition from several processes' (families with one name are joined)."""
+    families: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name in families:
+                families[family.name].samples.extend(family.samples)
+            else:
+                families[family.name] = family
+
+    class _Snapshot(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return list(families.values())
+
+    registry = CollectorRegistry()
+    registry.register(_Snapshot())
+    return generate_latest(registry)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway._journal import Journal
+from gateway._journal import JournalReader
 from gateway._log import get_logger
 from gateway._metrics import Metrics
 from gateway._store import Store, Tx
@@ -46,7 +46,7 @@ class ProcessStage:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalReader,
         store: Store,
         deid: Deidentifier,
         vault: Vault,

@@ -1,44 +1,43 @@
-"""The embedded gateway: every stage in one process, wired on a SQLite bus.
+"""The embedded gateway: ingest and the API here, the pipeline in a supervised child.
 
-Start-up order is the order of trust: keys, audit trail, journal, stores, vault,
-de-identifier, signed model bundles, then the stages, then the listeners. Shutdown
-(SIGTERM or ``stop``) runs the other way and drains: the MLLP listener stops accepting
-and finishes pending ACKs, then each stage finishes what its upstream left before the
-next one is told to drain, so nothing accepted is left half-done.
+Start-up order is the order of trust: keys, audit trail, journal, stores, vault, then
+the pipeline process (which loads and verifies the signed models), then the listeners.
+Shutdown (SIGTERM or ``stop``) runs the other way and drains: the MLLP listener stops
+accepting and finishes its pending ACKs, then the pipeline is told to drain, finishing
+everything the journal holds, and only then does the process exit. If the pipeline
+dies on its own it is restarted; it resumes from its committed offsets, so nothing
+accepted is lost and ingest keeps acknowledging meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
 import os
-import threading
+import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from adapters import MllpServer
 from gateway._api import ApiContext, create_app
 from gateway._config import Settings
-from gateway._infer import InferStage
 from gateway._ingest import Ingest
 from gateway._journal import Journal
 from gateway._log import get_logger
-from gateway._metrics import Metrics
-from gateway._process import ProcessStage
-from gateway._stage import StageLoop
+from gateway._metrics import Metrics, merge_exposition
+from gateway._pipeline import AUDIT_DIR, METRICS_FILE, STATUS_FILE
 from gateway._store import Store
-from gateway._writeback import WritebackStage
-from inference import InferenceEngine, SandboxLimits, ensure_reference_bundles
 from security import Vault, load_keyring
 from security.audit import AuditLog
-from security.deid import Deidentifier, pseudonym
 
 log = get_logger("runtime")
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_DRAIN_TIMEOUT_S = 120.0
 
 
 class _Server(uvicorn.Server):
@@ -49,134 +48,110 @@ class _Server(uvicorn.Server):
         yield
 
 
-@dataclass
-class Ports:
-    mllp: int = 0
-    http: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class Gateway:
     """One embedded gateway instance over ``settings.data_dir``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_file: Path | None = None) -> None:
         self.settings = settings
+        self._config_file = config_file
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(data, 0o700)
         self.keys = load_keyring(data, settings.key_files)
         self.metrics = Metrics()
-        self.audit = AuditLog(data / "audit.log", self.keys.audit)
+        (data / AUDIT_DIR).mkdir(exist_ok=True, mode=0o700)
+        self.audit = AuditLog(data / AUDIT_DIR / "gateway.log", self.keys.audit)
         self.audit.append("gateway", "started")
         self.journal = Journal(data / "journal.db", self.keys.journal)
         self.store = Store(data / "wardgate.db")
         self.vault = Vault(data / "vault.db", self.keys.vault)
-        self.deid = Deidentifier(
-            self.keys.pseudonym,
-            self.keys.dateshift,
-            self.keys.pseudonym_version,
-            settings.deid.shift_range_days,
-        )
-        self.engine = self._load_models()
-        self.ports = Ports()
-        self._loops: list[StageLoop] = []
-        self._running = False
+        self.mllp_port = 0
+        self.http_port = 0
+        self.ready = asyncio.Event()
+        self._pipeline: asyncio.subprocess.Process | None = None
+        self._stopping = False
 
-    def _load_models(self) -> InferenceEngine:
-        models_dir = self.settings.data_dir / "models"
-        ensure_reference_bundles(models_dir, self.keys.publisher)
-        trusted = [self.keys.publisher.public_key()] + [
-            Ed25519PublicKey.from_public_bytes(base64.b64decode(k))
-            for k in self.settings.inference.trusted_keys
+    # -- the pipeline child -------------------------------------------------------------
+
+    def _pipeline_status(self) -> dict[str, Any] | None:
+        """The running child's status file, if it is this child's and it has loaded."""
+        child = self._pipeline
+        if child is None or child.returncode is not None:
+            return None
+        try:
+            status: dict[str, Any] = json.loads((self.settings.data_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return status if status.get("pid") == child.pid else None
+
+    async def _start_pipeline(self) -> asyncio.subprocess.Process:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "stage",
+            "pipeline",
+            "--data-dir",
+            str(self.settings.data_dir),
         ]
-        box = self.settings.inference.sandbox
-        engine = InferenceEngine(
-            models_dir,
-            trusted,
-            SandboxLimits(
-                memory_bytes=box.memory_bytes,
-                cpu_seconds=box.cpu_seconds,
-                call_timeout_s=box.call_timeout_s,
-            ),
-        )
-        for name, reason in engine.refused.items():
-            self.audit.append("infer", "bundle_refused", bundle=name, reason=reason)
-            log.warning("model.refused", model=name, reason=reason)
-        for manifest in engine.models:
-            status = engine.status()[manifest.id]
-            self.audit.append(
-                "infer",
-                "model_loaded",
-                model=manifest.id,
-                version=manifest.version,
-                provider=str(status["provider"]),
-            )
-            self.metrics.model_info.labels(
-                manifest.id, manifest.version, str(status["provider"])
-            ).set(1)
-        return engine
+        if self._config_file is not None:
+            cmd += ["--config", str(self._config_file)]
+        return await asyncio.create_subprocess_exec(*cmd)
 
-    def _config_inputs(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Per-patient model settings from config, keyed by pseudonym (never by identifier)."""
-        scale2 = {
-            pseudonym(self.keys.pseudonym, self.keys.pseudonym_version, p.system, p.value): {
-                "spo2_scale2": 1.0
-            }
-            for p in self.settings.inference.news2_spo2_scale2_patients
+    async def _supervise(self) -> None:
+        """Keep one pipeline child running until shutdown; restart it if it dies."""
+        restarts = 0
+        while True:
+            self._pipeline = await self._start_pipeline()
+            code = await self._pipeline.wait()
+            if self._stopping:
+                return
+            delay = _RESTART_BACKOFF_S[min(restarts, len(_RESTART_BACKOFF_S) - 1)]
+            restarts += 1
+            self.audit.append("gateway", "pipeline_exited", code=code, restart=restarts)
+            log.error("pipeline.exited", code=code, count=restarts)
+            await asyncio.sleep(delay)
+
+    async def _stop_pipeline(self) -> None:
+        self._stopping = True
+        child = self._pipeline
+        if child is None or child.returncode is not None:
+            return
+        child.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.wait(), _DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.error("pipeline.drain_timeout")
+            child.kill()
+            await child.wait()
+
+    # -- what the API reads --------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        status = self._pipeline_status()
+        models = status["models"] if status else {}
+        ready = self.mllp_port > 0 and status is not None and bool(models)
+        return ready, {
+            "pipeline": "running" if status else "starting",
+            "models": models,
+            "refused_bundles": status["refused_bundles"] if status else {},
         }
-        return {"news2": scale2}
+
+    def metrics_text(self) -> bytes:
+        try:
+            child = (self.settings.data_dir / METRICS_FILE).read_text()
+        except OSError:
+            child = ""
+        return merge_exposition(self.metrics.render().decode(), child)
 
     def _framing_rejected(self, reason: str) -> None:
         self.audit.append("ingest", "rejected", reason=reason)
         self.metrics.messages.labels("ingest", "rejected").inc()
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        alive = {loop.stage.name: loop.failed is None for loop in self._loops}
-        ready = self._running and all(alive.values()) and bool(self.engine.models)
-        return ready, {
-            "stages": alive,
-            "models": self.engine.status(),
-            "refused_bundles": self.engine.refused,
-        }
+    # -- running ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain and close everything."""
-        inference = self.settings.inference
-        wake_infer, wake_writeback = threading.Event(), threading.Event()
-        self._loops = [
-            StageLoop(
-                ProcessStage(
-                    self.journal,
-                    self.store,
-                    self.deid,
-                    self.vault,
-                    self.audit,
-                    self.metrics,
-                    self.settings.timezone,
-                ),
-                self.journal.new_data,
-                wake_infer,
-            ),
-            StageLoop(
-                InferStage(
-                    self.store,
-                    self.engine,
-                    self.audit,
-                    self.metrics,
-                    self._config_inputs(),
-                    inference.batch_max,
-                    inference.batch_wait_ms,
-                ),
-                wake_infer,
-                wake_writeback,
-            ),
-            StageLoop(
-                WritebackStage(
-                    self.store, self.vault, self.audit, self.metrics, self.settings.writeback.mllp
-                ),
-                wake_writeback,
-            ),
-        ]
         ingest = Ingest(self.journal, self.audit, self.metrics)
         mllp = MllpServer(
             ingest.handle,
@@ -187,7 +162,7 @@ class Gateway:
         mllp.on_framing_error = self._framing_rejected
         api = create_app(
             ApiContext(
-                self.store, self.journal, self.vault, self.keys, self.metrics.render, self.readiness
+                self.store, self.journal, self.vault, self.keys, self.metrics_text, self.readiness
             )
         )
         http = _Server(
@@ -202,47 +177,38 @@ class Gateway:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                stage_tasks = [
-                    group.create_task(asyncio.to_thread(loop.run)) for loop in self._loops
-                ]
+                supervisor = group.create_task(self._supervise())
                 await mllp.start()
                 http_task = group.create_task(http.serve())
                 while not http.started:
                     if http_task.done():
                         raise RuntimeError("HTTP listener failed to start")
                     await asyncio.sleep(0.01)
-                self.ports.mllp = mllp.port
-                self.ports.http = int(http.servers[0].sockets[0].getsockname()[1])
-                self._running = True
-                self.audit.append(
-                    "gateway", "listening", mllp=self.ports.mllp, http=self.ports.http
-                )
+                self.mllp_port = mllp.port
+                self.http_port = int(http.servers[0].sockets[0].getsockname()[1])
+                self.audit.append("gateway", "listening", mllp=self.mllp_port, http=self.http_port)
                 log.info(
                     "gateway.listening",
-                    port=self.ports.mllp,
+                    port=self.mllp_port,
                     host=self.settings.mllp.host,
-                    url=f"http://{self.settings.http.host}:{self.ports.http}",
+                    url=f"http://{self.settings.http.host}:{self.http_port}",
                 )
-                self.ports.ready.set()
+                self.ready.set()
                 await stop.wait()
                 log.info("gateway.draining")
                 await mllp.close()
-                for loop, task in zip(self._loops, stage_tasks, strict=True):
-                    loop.drain.set()
-                    loop.wake.set()
-                    await task
+                await self._stop_pipeline()
+                await supervisor
                 http.should_exit = True
         finally:
-            self._running = False
-            for loop in self._loops:
-                loop.drain.set()
-                loop.wake.set()
+            if not self._stopping:
+                await self._stop_pipeline()
             self.close()
 
     def close(self) -> None:
-        self.engine.close()
         self.journal.close()
         self.store.close()
+        self.vault.close()
         self.audit.append("gateway", "stopped")
         self.audit.close()
         log.info("gateway.stopped")

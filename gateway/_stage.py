@@ -30,14 +30,22 @@ class StageLoop:
     """Owns one stage's thread-side loop; the runtime awaits ``run`` via ``to_thread``."""
 
     def __init__(
-        self, stage: Stage, wake: threading.Event, notify: threading.Event | None = None
+        self,
+        stage: Stage,
+        wake: threading.Event,
+        notify: threading.Event | None = None,
+        idle_wait_s: float = _IDLE_WAIT_S,
     ) -> None:
-        """``wake`` is set by upstream when there is input; ``notify`` wakes downstream."""
+        """``wake`` is set by upstream when there is input; ``notify`` wakes downstream.
+
+        ``idle_wait_s`` bounds how long an idle stage sleeps when nobody can wake it
+        (its upstream is another process).
+        """
         self.stage = stage
         self.wake = wake
         self.notify = notify
+        self.idle_wait_s = idle_wait_s
         self.drain = threading.Event()
-        self.failed: BaseException | None = None
         self.steps = 0
 
     def run(self) -> None:
@@ -58,5 +66,5 @@ class StageLoop:
                 continue
             if self.drain.is_set():
                 return
-            self.wake.wait(_IDLE_WAIT_S)
+            self.wake.wait(self.idle_wait_s)
             self.wake.clear()

@@ -100,10 +100,11 @@ class Tx:
         )
 
     def dispose(self, disposition: Disposition) -> None:
-        """Record a message's one outcome; a second outcome for it is a bug, so it raises."""
+        """Record a message's one outcome. A replayed batch (at-least-once delivery after a
+        crash) may dispose a message again: the first disposition stands."""
         self._cur.execute(
             "INSERT INTO dispositions (message_id, outcome, reason, destinations, at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
             (
                 disposition.message_id,
                 disposition.outcome.value,

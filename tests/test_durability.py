@@ -54,3 +54,23 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly(gateway_factory: Any) 
     (journaled,) = conn.execute("SELECT COUNT(*) FROM dispositions").fetchone()
     conn.close()
     assert len(disposed) == len(acked) == journaled == 120
+
+
+def test_a_crashed_pipeline_is_restarted_and_ingest_keeps_acknowledging(
+    gateway_factory: Any,
+) -> None:
+    import json
+    import os
+
+    gw = gateway_factory("restart").start()
+    status = json.loads((gw.data_dir / "pipeline.status.json").read_text())
+    os.kill(status["pid"], signal.SIGKILL)
+    acked = _blast(gw.mllp_port, 40, "R")  # the pipeline is down or restarting meanwhile
+    assert len(acked) == 40
+    records = gw.wait_disposed(acked)
+    assert {r["disposition"]["outcome"] for r in records.values()} == {"written_back"}
+    restarted = json.loads((gw.data_dir / "pipeline.status.json").read_text())
+    assert restarted["pid"] != status["pid"]
+    assert gw.stop() == 0
+    trail = (gw.data_dir / "audit" / "gateway.log").read_text()
+    assert '"pipeline_exited"' in trail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from typing import Any
 
@@ -152,12 +153,18 @@ def test_bad_input_gets_an_error_ack_with_the_reason_and_no_patient_data(
 
 
 def test_health_readiness_and_metrics(gw: GatewayProcess) -> None:
+    send(gw.mllp_port, [oru("P-MET-1", "MRN1010", VITALS_NORMAL)])
+    gw.wait_disposed(["P-MET-1"])
+    time.sleep(1.5)  # the pipeline publishes its metrics once a second
     assert http_json(f"{gw.url}/healthz") == (200, {"status": "ok"})
     status, ready = http_json(f"{gw.url}/readyz")
     assert status == 200 and ready["models"]["news2"]["provider"] == "CPUExecutionProvider"
     with urllib.request.urlopen(f"{gw.url}/metrics") as resp:
         text = resp.read().decode()
-    assert "wardgate_messages_total" in text and "wardgate_ack_seconds_bucket" in text
+    assert "wardgate_ack_seconds_bucket" in text  # from the ingest process
+    assert 'wardgate_messages_total{outcome="accepted",stage="ingest"}' in text
+    assert 'stage="writeback"' in text  # merged from the pipeline process
+    assert "wardgate_model_info{" in text
 
 
 def test_no_route_can_update_or_delete_an_advisory(gw: GatewayProcess) -> None:
