@@ -14,7 +14,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from gateway._log import get_logger
 from gateway._metrics import Metrics
@@ -66,7 +66,7 @@ class InferStage:
         self._batch_wait = batch_wait_ms / 1000
         self._extractors = {m.id: FeatureExtractor(m) for m in engine.models}
         self._window = max(
-            (FeatureExtractor(m).max_window for m in engine.models), default=timedelta(hours=24)
+            (e.max_window for e in self._extractors.values()), default=timedelta(hours=24)
         )
 
     def _read(self) -> list[TopicEntry]:
@@ -163,24 +163,16 @@ class InferStage:
         dead_reason: str | None,
         reasons: list[str],
     ) -> None:
-        now = datetime.now(UTC)
         if dead_reason is not None:
             tx.dispose(
                 Disposition(
-                    message_id=record.message_id,
-                    outcome=Outcome.DEAD_LETTERED,
-                    reason=dead_reason,
-                    at=now,
+                    message_id=record.message_id, outcome=Outcome.DEAD_LETTERED, reason=dead_reason
                 )
             )
         elif not advisories:
+            reason = "; ".join(reasons) or "no model applies"
             tx.dispose(
-                Disposition(
-                    message_id=record.message_id,
-                    outcome=Outcome.FILTERED,
-                    reason="; ".join(reasons) or "no model applies",
-                    at=now,
-                )
+                Disposition(message_id=record.message_id, outcome=Outcome.FILTERED, reason=reason)
             )
         else:
             payload = json.dumps(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from gateway._journal import JournalReader
 from gateway._log import get_logger
@@ -127,12 +126,7 @@ class ProcessStage:
     def _emit(tx: Tx, message: InboundMessage, result: DeidentifiedRecord | _Dead) -> None:
         if isinstance(result, _Dead):
             tx.dispose(
-                Disposition(
-                    message_id=message.id,
-                    outcome=result.outcome,
-                    reason=result.reason,
-                    at=datetime.now(UTC),
-                )
+                Disposition(message_id=message.id, outcome=result.outcome, reason=result.reason)
             )
             return
         payload = result.model_dump_json()

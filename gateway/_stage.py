@@ -46,7 +46,6 @@ class StageLoop:
         self.notify = notify
         self.idle_wait_s = idle_wait_s
         self.drain = threading.Event()
-        self.steps = 0
 
     def run(self) -> None:
         backoff = 0.0
@@ -59,7 +58,6 @@ class StageLoop:
                 backoff = min(max(backoff * 2, 0.05), 2.0)
                 time.sleep(backoff)
                 continue
-            self.steps += 1
             if consumed:
                 if self.notify is not None:
                     self.notify.set()

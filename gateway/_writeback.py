@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from adapters import ack_code, advisory_oru, send_blocking
 from gateway._config import MllpDestinationConfig
@@ -54,19 +53,19 @@ class WritebackStage:
         if not entries:
             return 0
         started = time.perf_counter()
-        dispositions = []
+        batch = []
         for entry in entries:
             body = json.loads(entry.payload)
             advisories = [Advisory.model_validate(a) for a in body["advisories"]]
-            dispositions.append(self._deliver(int(body["message_id"]), advisories))
+            batch.append((advisories, self._deliver(int(body["message_id"]), advisories)))
         with self._store.transaction() as tx:
-            for entry, disposition in zip(entries, dispositions, strict=True):
-                for advisory in json.loads(entry.payload)["advisories"]:
-                    for resource in advisory["resources"]:
-                        tx.create_advisory(disposition.message_id, advisory["subject"], resource)
+            for advisories, disposition in batch:
+                for advisory in advisories:
+                    for resource in advisory.resources:
+                        tx.create_advisory(disposition.message_id, advisory.subject, resource)
                 tx.dispose(disposition)
             tx.commit_offset(CONSUMER, entries[-1].offset)
-        for disposition in dispositions:
+        for _, disposition in batch:
             self._audit.append(
                 "writeback",
                 disposition.outcome.value,
@@ -83,37 +82,20 @@ class WritebackStage:
         for dest in self._destinations:
             if dest.shadow:
                 shadowed.append(dest.name)
-                continue
-            if self._send(dest, message_id, advisories):
+            elif self._send(dest, message_id, advisories):
                 sent.append(dest.name)
             else:
                 failed.append(dest.name)
-        now = datetime.now(UTC)
         if failed:
+            outcome = Outcome.DEAD_LETTERED
             reason = f"destination {', '.join(failed)}: no AA after {_ATTEMPTS} attempts"
-            return Disposition(
-                message_id=message_id,
-                outcome=Outcome.DEAD_LETTERED,
-                reason=reason,
-                destinations=sent,
-                at=now,
-            )
-        if shadowed:
+        elif shadowed:
+            outcome = Outcome.SHADOWED
             reason = f"shadow mode: computed and recorded, not sent to {', '.join(shadowed)}"
-            return Disposition(
-                message_id=message_id,
-                outcome=Outcome.SHADOWED,
-                reason=reason,
-                destinations=sent,
-                at=now,
-            )
-        return Disposition(
-            message_id=message_id,
-            outcome=Outcome.WRITTEN_BACK,
-            reason=f"{len(advisories)} advisory(ies) created",
-            destinations=sent,
-            at=now,
-        )
+        else:
+            outcome = Outcome.WRITTEN_BACK
+            reason = f"{len(advisories)} advisory(ies) created"
+        return Disposition(message_id=message_id, outcome=outcome, reason=reason, destinations=sent)
 
     def _send(
         self, dest: MllpDestinationConfig, message_id: int, advisories: list[Advisory]

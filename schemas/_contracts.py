@@ -12,7 +12,7 @@ encrypted. Everything downstream of de-identification is pseudonymous.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -150,4 +150,4 @@ class Disposition(_Contract):
     outcome: Outcome
     reason: str
     destinations: list[str] = Field(default_factory=list)
-    at: datetime
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -50,7 +50,8 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 60.0) -> GatewayProcess:
+    def start(self, timeout: float = 60.0, ready: bool = True) -> GatewayProcess:
+        """Start and wait for /readyz 200 (or, with ``ready=False``, for any answer)."""
         cmd = [
             sys.executable,
             "-m",
@@ -75,8 +76,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.logs()[-2000:]}")
             try:
-                status, _ = http_json(self.url + "/readyz", timeout=1)
-                if status == 200:
+                status, body = http_json(self.url + "/readyz", timeout=1)
+                if status == 200 or (not ready and body.get("pipeline") == "running"):
                     return self
             except OSError:
                 pass
