@@ -35,7 +35,9 @@ TOPIC_OUT = "deidentified"
 
 
 @dataclass(frozen=True)
-class _Dead:
+class _Final:
+    """This stage's last word on a message: filtered or dead-lettered, with the reason."""
+
     outcome: Outcome
     reason: str
 
@@ -75,7 +77,7 @@ class ProcessStage:
                 self._emit(tx, message, result)
             tx.commit_offset(CONSUMER, inbound[-1].id)
         for message, result in zip(inbound, results, strict=True):
-            if isinstance(result, _Dead):
+            if isinstance(result, _Final):
                 self._audit.append(
                     "process", result.outcome.value, message.id, reason=result.reason
                 )
@@ -94,7 +96,7 @@ class ProcessStage:
         self._metrics.stage_seconds.labels("process").observe(time.perf_counter() - started)
         return len(inbound)
 
-    def _one(self, message: InboundMessage) -> DeidentifiedRecord | _Dead:
+    def _one(self, message: InboundMessage) -> DeidentifiedRecord | _Final:
         try:
             parsed = parse_message(message.payload)
             if parsed.message_type not in HANDLED_TYPES:
@@ -102,17 +104,11 @@ class ProcessStage:
             bundle = to_fhir(parsed, timezone=self._tz)
             result = self._deid.deidentify(bundle)
             self._vault.put(result.subject, result.identifiers)
-            return DeidentifiedRecord(
-                message_id=message.id,
-                message_type=parsed.message_type,
-                subject=result.subject,
-                bundle=result.bundle,
-                report=result.report,
-            )
+            return result.to_record(message.id, parsed.message_type)
         except UnsupportedMessageType as exc:
-            return _Dead(Outcome.FILTERED, f"message type {exc.message_type} is not handled")
+            return _Final(Outcome.FILTERED, f"message type {exc.message_type} is not handled")
         except (NormalizationError, DeidentificationError) as exc:
-            return _Dead(Outcome.DEAD_LETTERED, str(exc))
+            return _Final(Outcome.DEAD_LETTERED, str(exc))
         except Exception as exc:
             log.error(
                 "process.internal_error",
@@ -120,11 +116,11 @@ class ProcessStage:
                 msg_id=message.id,
                 error=type(exc).__name__,
             )
-            return _Dead(Outcome.DEAD_LETTERED, f"internal error ({type(exc).__name__})")
+            return _Final(Outcome.DEAD_LETTERED, f"internal error ({type(exc).__name__})")
 
     @staticmethod
-    def _emit(tx: Tx, message: InboundMessage, result: DeidentifiedRecord | _Dead) -> None:
-        if isinstance(result, _Dead):
+    def _emit(tx: Tx, message: InboundMessage, result: DeidentifiedRecord | _Final) -> None:
+        if isinstance(result, _Final):
             tx.dispose(
                 Disposition(message_id=message.id, outcome=result.outcome, reason=result.reason)
             )
