@@ -13,6 +13,7 @@ import typer
 
 from gateway._config import Settings, load_settings
 from gateway._log import configure
+from gateway._model_cli import app as model_app
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +24,7 @@ audit_app = typer.Typer(
     no_args_is_help=True, help="Verify and read the tamper-evident audit trail."
 )
 app.add_typer(audit_app, name="audit")
+app.add_typer(model_app, name="model")
 stage_app = typer.Typer(no_args_is_help=True, help="Run one part of the pipeline on its own.")
 app.add_typer(stage_app, name="stage")
 
