@@ -102,6 +102,10 @@ def inspect(bundle: BundleArg) -> None:
             f"  {item.name} ({item.kind}, unit {item.unit or '-'}, window {window})"
             + (f": {codes}" if codes else "")
         )
+        shown = {"name", "kind", "unit", "lookback_hours", "codes", "description"}
+        extra = item.model_dump(mode="json", exclude_defaults=True, exclude=shown)
+        for key, value in extra.items():
+            typer.echo(f"      {key}: {value}")
     typer.echo(f"outputs: {', '.join(manifest.outputs)}")
     advisory = manifest.advisory
     typer.echo(

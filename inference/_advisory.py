@@ -2,8 +2,9 @@
 
 For a risk model the advisory holds three resources:
 - an Observation carrying the score (``valueInteger``), coded as the manifest says;
-- a RiskAssessment whose ``prediction[0].qualitativeRisk.text`` is the band label and whose
-  ``basis`` points at that Observation only;
+- a RiskAssessment coded like the Observation (so a search by code tells models apart),
+  whose ``prediction[0].qualitativeRisk.text`` is the band label and whose ``basis`` points
+  at that Observation only;
 - a Provenance naming the model (id, version) as a Device agent, targeting both.
 
 The subject is a logical reference by the pseudonym identifier; writeback swaps in the real
@@ -16,6 +17,7 @@ time appears anywhere: ``Provenance.recorded`` is the time of scoring (required 
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +26,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from inference._manifest import ModelManifest
+from inference._manifest import PLACEHOLDER, ModelManifest
 from schemas import PSEUDONYM_SYSTEM, Advisory, AdvisoryKind, InferenceRequest
 
 ADVISORY_ID_SYSTEM = "urn:wardgate:advisory"
@@ -37,14 +39,33 @@ def resource_id(model_id: str, version: str, message_id: int, subject: str, kind
 
 
 def explain(manifest: ModelManifest, outputs: dict[str, float]) -> list[str]:
-    """``parameter=sub-score`` for every parameter that added to the score, largest first."""
+    """Which inputs drove the result, from the manifest's explanation mapping.
+
+    ``parameter=sub-score`` for every component that added to the score (largest first),
+    then each explanation rule whose output is > 0, its placeholders filled from outputs;
+    ``explain_none`` when nothing applies. Only outputs are read, never features, so no
+    patient time can reach the text.
+    """
+    mapping = manifest.advisory
     parts = [
         (int(outputs[out]), name)
-        for out, name in manifest.advisory.component_outputs.items()
+        for out, name in mapping.component_outputs.items()
         if out in outputs and outputs[out] > 0
     ]
     parts.sort(key=lambda p: (-p[0], p[1]))
-    return [f"{name}={score}" for score, name in parts] or ["all parameters scored 0"]
+    lines = [f"{name}={score}" for score, name in parts]
+    for rule in mapping.explanations:
+        if outputs.get(rule.when, 0.0) > 0:
+            lines.append(PLACEHOLDER.sub(lambda m: _show(outputs, m), rule.text))
+    return lines or [mapping.explain_none]
+
+
+def _show(outputs: dict[str, float], match: re.Match[str]) -> str:
+    value = outputs.get(match.group(1))
+    if value is None:
+        return "?"
+    spec = match.group(2)
+    return format(value, spec) if spec else f"{value:g}"
 
 
 def build_advisories(
@@ -97,6 +118,7 @@ def build_advisories(
         "identifier": identifier("RiskAssessment"),
         "status": "preliminary",
         "subject": subject,
+        "code": {"coding": [code.model_dump(exclude_none=True)], "text": code.display},
         "method": {"text": f"{manifest.id} {manifest.version}"},
         "basis": [{"reference": f"urn:uuid:{ids['Observation']}"}],
         "prediction": [{"qualitativeRisk": {"text": label}}],

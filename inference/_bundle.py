@@ -1,5 +1,9 @@
 """Signed model bundles: a directory with ``model.onnx``, ``manifest.json``, ``signature.json``.
 
+A bundle may also ship ``custom_ops.so``, an onnxruntime custom-op library. It is signed like
+every other file, and only the sandboxed worker ever loads it (from a sealed in-memory copy,
+after the worker's limits are in place): see :mod:`inference._worker`.
+
 ``signature.json`` carries an Ed25519 signature over a canonical JSON document listing the
 SHA-256 of the manifest and of every file in the bundle. Loading reads every file exactly
 once, checks it against the signed hashes with a key from the caller's trust list, and
@@ -35,6 +39,7 @@ from inference._manifest import ModelManifest
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature.json"
+CUSTOM_OPS_FILE = "custom_ops.so"
 SIGNATURE_FORMAT = "wardgate-bundle-signature/1"
 _REQUIRED = frozenset({MODEL_FILE, MANIFEST_FILE})
 
@@ -60,13 +65,15 @@ def _signed_document(kid: str, files: Mapping[str, str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A verified bundle. ``model_bytes`` are the bytes whose hash was checked."""
+    """A verified bundle. ``model_bytes`` (and ``custom_ops``, the bytes of an optional
+    ``custom_ops.so``) are the bytes whose hashes were checked."""
 
     path: Path
     manifest: ModelManifest
     model_bytes: bytes = field(repr=False)
     key_id: str
     file_sha256: Mapping[str, str]
+    custom_ops: bytes | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -198,4 +205,5 @@ def load_bundle(bundle_dir: Path, trusted_public_keys: Iterable[Ed25519PublicKey
         model_bytes=contents[MODEL_FILE],
         key_id=kid,
         file_sha256=dict(files),
+        custom_ops=contents.get(CUSTOM_OPS_FILE),
     )

@@ -3,22 +3,26 @@
 A bundle that fails verification, or whose worker cannot start, is not loaded; the reason is
 kept in ``refused`` (for the audit log and the admin API) and the other models still start.
 ``score`` turns a list of requests into one float32 matrix and one sandbox call: the list is
-the micro-batch.
+the micro-batch. ``score_isolating`` does the same, but when the sandbox cannot score the
+batch it bisects it (halves tried on one worker each, a single row on two) so that only the
+rows that make workers fail come back as :class:`RowFailure`; the rest are scored.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from inference._bundle import ModelBundle, load_bundle
-from inference._errors import BundleRejected, SandboxError, UnknownModel
+from inference._errors import BundleRejected, SandboxError, UnknownModel, WorkerUnavailable
 from inference._manifest import ModelManifest
 from inference._sandbox import Sandbox, SandboxLimits
 from schemas import InferenceRequest, InferenceResult
@@ -34,6 +38,68 @@ def _row(outputs: dict[str, Any], i: int) -> dict[str, float]:
         else:
             row.update({f"{name}[{j}]": float(v) for j, v in enumerate(values)})
     return row
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    """A request the sandbox could not score even alone, and why (the dead-letter reason)."""
+
+    request: InferenceRequest
+    reason: str
+
+
+def _result(request: InferenceRequest, outputs: dict[str, float]) -> InferenceResult:
+    return InferenceResult(
+        model_id=request.model_id,
+        model_version=request.model_version,
+        message_id=request.message_id,
+        subject=request.subject,
+        outputs=outputs,
+    )
+
+
+class _Bisection:
+    """Score rows; when a slice fails, split it in halves until the failing rows stand alone.
+
+    The whole batch and single rows get two workers each (a transient crash is retried, and
+    a row is blamed only after it failed twice on its own); halves get one. Failed calls are
+    budgeted (enough for a few poison rows): a model that fails on every row must not hold
+    the stage for ``O(rows)`` timeouts, so once the budget is spent the rows not yet scored
+    fail with the last reason.
+    """
+
+    def __init__(self, sandbox: Sandbox, batch: npt.NDArray[np.float32]) -> None:
+        self.sandbox = sandbox
+        self.batch = batch
+        self.scored: dict[int, dict[str, float]] = {}
+        self.failed: dict[int, str] = {}
+        self.budget = 3 * (math.ceil(math.log2(len(batch))) + 3) if len(batch) else 0
+
+    def run(self) -> None:
+        try:
+            self._slice(0, len(self.batch), 2)
+        except SandboxError as exc:  # no worker can start, or the budget is spent
+            rest = range(len(self.batch))
+            self.failed.update({i: exc.reason for i in rest if i not in self.scored})
+
+    def _slice(self, lo: int, hi: int, attempts: int) -> None:
+        try:
+            outputs = self.sandbox.run(self.batch[lo:hi], attempts)
+        except WorkerUnavailable:
+            raise
+        except SandboxError as exc:
+            self.budget -= 1
+            if hi - lo == 1:
+                self.failed[lo] = exc.reason
+                return
+            if self.budget <= 0:
+                raise SandboxError(f"{exc.reason}; stopped isolating rows") from None
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                self._slice(a, b, 2 if b - a == 1 else 1)
+            return
+        for i in range(hi - lo):
+            self.scored[lo + i] = _row(outputs, i)
 
 
 class InferenceEngine:
@@ -92,11 +158,44 @@ class InferenceEngine:
         Raises ``ValueError`` for a request that does not fit the model (wrong id or version,
         missing or non-finite feature) and :class:`SandboxError` when the sandbox fails.
         """
+        sandbox = self._sandbox(manifest_id)
+        if not requests:
+            return []
+        outputs = sandbox.run(self._matrix(sandbox, requests))
+        return [_result(request, _row(outputs, i)) for i, request in enumerate(requests)]
+
+    def score_isolating(
+        self, manifest_id: str, requests: list[InferenceRequest]
+    ) -> list[InferenceResult | RowFailure]:
+        """Like :meth:`score`, but a batch the sandbox cannot score is bisected.
+
+        Returns, in request order, each request's result or its :class:`RowFailure` (the
+        request failed alone; the reason is the sandbox's). A request that keeps killing
+        workers costs about ``log2(len(requests)) + 3`` failed calls; the other requests are
+        scored. When no worker can be started at all, or the failures exceed what a few
+        poison rows would cause, the requests not yet scored fail with the reason.
+        ``ValueError`` as for :meth:`score`.
+        """
+        sandbox = self._sandbox(manifest_id)
+        if not requests:
+            return []
+        bisection = _Bisection(sandbox, self._matrix(sandbox, requests))
+        bisection.run()
+        scored, failed = bisection.scored, bisection.failed
+        return [
+            _result(r, scored[i]) if i in scored else RowFailure(r, failed[i])
+            for i, r in enumerate(requests)
+        ]
+
+    def _sandbox(self, manifest_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(manifest_id)
         if sandbox is None:
             raise UnknownModel(f"model {manifest_id} is not loaded")
-        if not requests:
-            return []
+        return sandbox
+
+    @staticmethod
+    def _matrix(sandbox: Sandbox, requests: list[InferenceRequest]) -> npt.NDArray[np.float32]:
+        """The float32 batch, one row per request (``ValueError`` for a row that does not fit)."""
         manifest = sandbox.bundle.manifest
         columns = {name: j for j, name in enumerate(manifest.column_names)}
         batch = np.empty((len(requests), len(columns)), dtype=np.float32)
@@ -110,20 +209,11 @@ class InferenceEngine:
                 if not math.isfinite(values[name]):
                     raise ValueError(f"request {i}: input {name} is not a finite number")
                 batch[i, j] = values[name]
-        outputs = sandbox.run(batch)
-        return [
-            InferenceResult(
-                model_id=request.model_id,
-                model_version=request.model_version,
-                message_id=request.message_id,
-                subject=request.subject,
-                outputs=_row(outputs, i),
-            )
-            for i, request in enumerate(requests)
-        ]
+        return batch
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per model id: version, key id, provider, enforcement, restarts (refusals: .refused)."""
+        """Per model id: version, key id, provider, enforcement, restarts, worker failures and
+        the last failure's reason (refusals: ``.refused``)."""
         return {
             model_id: {
                 "version": sb.bundle.version,
@@ -131,6 +221,8 @@ class InferenceEngine:
                 "provider": sb.provider,
                 "enforcement": dict(sb.enforcement),
                 "restarts": sb.restarts,
+                "worker_failures": sb.failures,
+                "last_failure": sb.last_failure,
             }
             for model_id, sb in self._sandboxes.items()
         }

@@ -3,6 +3,7 @@
     InferenceError                 base of everything below
     ├── BundleRejected             a model bundle failed verification; ``.reason`` says why
     ├── SandboxError               a sandboxed worker could not score a batch (twice); dead-letter
+    │   └── WorkerUnavailable      no worker could even be started: the batch is not at fault
     └── UnknownModel               a caller asked for a model id that is not loaded
 
 Messages name the check that failed, never a feature value or a patient time.
@@ -36,3 +37,7 @@ class UnknownModel(InferenceError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class WorkerUnavailable(SandboxError):
+    """No worker could be started for the call, so the batch itself is not to blame."""

@@ -3,12 +3,16 @@
 ``observations_from_bundle`` flattens Observations (and their components) into
 :class:`schemas.ObservationFact`; observations without a usable value or time, or with status
 ``entered-in-error`` / ``cancelled``, are skipped. ``FeatureExtractor`` then fills each
-manifest input with the *latest usable value inside its look-back window* (``now - window``
-to ``now``, inclusive), keeping where each value came from (code, effective time).
+manifest input from the subject's history as the manifest says (see
+:class:`inference.ModelInput`): by default the *latest usable value inside its look-back
+window* (``now - window`` to ``now``, inclusive); or the ``min`` / ``max`` of the window; or a
+window that ends just before another input's value (``anchor``). Each feature keeps where
+its value came from (code, effective time); those times never leave the infer stage.
 
 Units: a value must arrive in the input's UCUM unit; common non-UCUM spellings (``°C``,
-``mmHg``, ``bpm``) are normalised, ``[degF]`` is converted to ``Cel``, and any other unit
-makes that value unusable (treated as absent, never guessed). Naive times are taken as UTC.
+``mmHg``, ``bpm``, ``µmol/l``) are normalised, ``[degF]`` is converted to ``Cel``, a unit in
+the input's ``other_units`` is converted by its factor, and any other unit makes that value
+unusable (treated as absent, never guessed). Naive times are taken as UTC.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inference._manifest import ModelInput, ModelManifest
+from inference._manifest import InputSource, ModelInput, ModelManifest
 from schemas import FeatureValue, InferenceRequest, ObservationFact
 
 CONFIG_SYSTEM = "urn:wardgate:config"
@@ -43,6 +47,11 @@ _UNIT_ALIASES = {
     "1/min": "/min",
     "%": "%",
     "l/min": "L/min",
+    "mg/dl": "mg/dL",
+    "umol/l": "umol/L",
+    "\u00b5mol/l": "umol/L",  # micro sign
+    "\u03bcmol/l": "umol/L",  # Greek small mu
+    "micromol/l": "umol/L",
 }
 _CONVERSIONS: dict[tuple[str, str], Callable[[float], float]] = {
     ("[degF]", "Cel"): lambda f: (f - 32.0) * 5.0 / 9.0,
@@ -144,17 +153,22 @@ class FeatureExtractor:
 
     def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
-        self._by_code: dict[tuple[str, str], list[tuple[ModelInput, str | None]]] = {}
-        for spec in manifest.inputs:
-            for source in spec.codes:
-                unit = source.unit if source.unit is not None else spec.unit
-                self._by_code.setdefault((source.system, source.code), []).append((spec, unit))
+        self._inputs = {spec.name: spec for spec in manifest.inputs}
+        self._codes = frozenset((c.system, c.code) for spec in manifest.inputs for c in spec.codes)
 
     @property
     def max_window(self) -> timedelta:
-        """The longest look-back of any input: how much history a caller must keep."""
-        hours = [i.lookback_hours for i in self.manifest.inputs if i.lookback_hours is not None]
+        """How much history a caller must keep: the longest look-back, anchors included.
+
+        An anchored window ends at its anchor's value, which lies up to the anchor's own
+        look-back before now, so the two add up (KDIGO: 24 h + 7 d).
+        """
+        hours = [self._reach(spec) for spec in self.manifest.inputs if spec.kind != "config"]
         return timedelta(hours=max(hours, default=0.0))
+
+    def _reach(self, spec: ModelInput) -> float:
+        own = spec.lookback_hours or 0.0
+        return own + (self._reach(self._inputs[spec.anchor]) if spec.anchor else 0.0)
 
     def extract(
         self,
@@ -164,48 +178,33 @@ class FeatureExtractor:
         now: datetime,
         config_inputs: Mapping[str, float] | None = None,
     ) -> InferenceRequest | MissingInputs:
-        """Latest usable value of each input within its look-back window, or what is missing."""
+        """Each input's value from the history (as its manifest entry says), or what is missing."""
         now = _utc(now)
-        best: dict[str, FeatureValue] = {}
+        by_code: dict[tuple[str, str], list[ObservationFact]] = {}
         for fact in history:
-            for spec, unit in self._by_code.get((fact.system, fact.code), ()):
-                assert spec.lookback_hours is not None
-                effective = _utc(fact.effective)
-                if not now - timedelta(hours=spec.lookback_hours) <= effective <= now:
-                    continue
-                value = _value(spec, unit, fact)
-                if value is None:
-                    continue
-                current = best.get(spec.name)
-                if current is None or effective > current.effective:
-                    best[spec.name] = FeatureValue(
-                        name=spec.name,
-                        value=value,
-                        unit=spec.unit,
-                        source_system=fact.system,
-                        source_code=fact.code,
-                        effective=effective,
-                    )
+            if (fact.system, fact.code) in self._codes:
+                by_code.setdefault((fact.system, fact.code), []).append(fact)
         config = config_inputs or {}
-        features: list[FeatureValue] = []
+        filled: dict[str, FeatureValue] = {}
         missing: list[str] = []
         for spec in self.manifest.inputs:
             if spec.kind == "config":
                 assert spec.default is not None
-                value = float(config.get(spec.name, spec.default))
-                features.append(
-                    FeatureValue(
-                        name=spec.name,
-                        value=value,
-                        source_system=CONFIG_SYSTEM,
-                        source_code=spec.name,
-                        effective=now,
-                    )
+                filled[spec.name] = FeatureValue(
+                    name=spec.name,
+                    value=float(config.get(spec.name, spec.default)),
+                    source_system=CONFIG_SYSTEM,
+                    source_code=spec.name,
+                    effective=now,
                 )
-            elif spec.name in best:
-                features.append(best[spec.name])
-            else:
+                continue
+            value = self._observed(spec, by_code, now, filled)
+            if value is None and spec.fallback in filled:
+                value = filled[spec.fallback].model_copy(update={"name": spec.name})
+            if value is None:
                 missing.append(spec.name)
+            else:
+                filled[spec.name] = value
         m = self.manifest
         if missing:
             return MissingInputs(m.id, m.version, message_id, subject, missing)
@@ -214,11 +213,65 @@ class FeatureExtractor:
             model_version=m.version,
             message_id=message_id,
             subject=subject,
-            features=features,
+            features=[filled[spec.name] for spec in m.inputs],
         )
 
+    @staticmethod
+    def _observed(
+        spec: ModelInput,
+        by_code: Mapping[tuple[str, str], list[ObservationFact]],
+        now: datetime,
+        filled: Mapping[str, FeatureValue],
+    ) -> FeatureValue | None:
+        """The usable value of the window that the input's ``aggregate`` picks, if any."""
+        assert spec.lookback_hours is not None
+        lookback = timedelta(hours=spec.lookback_hours)
+        if spec.anchor is not None:
+            anchor = filled.get(spec.anchor)
+            if anchor is None:
+                return None
+            end = anchor.effective
 
-def _value(spec: ModelInput, unit: str | None, fact: ObservationFact) -> float | None:
+            def inside(moment: datetime) -> bool:
+                return end - lookback <= moment < end
+
+        else:
+
+            def inside(moment: datetime) -> bool:
+                return now - lookback <= moment <= now
+
+        best: FeatureValue | None = None
+        for source in spec.codes:
+            for fact in by_code.get((source.system, source.code), ()):
+                effective = _utc(fact.effective)
+                if not inside(effective):
+                    continue
+                value = _value(spec, source, fact)
+                if value is None or not _better(spec, value, effective, best):
+                    continue
+                best = FeatureValue(
+                    name=spec.name,
+                    value=value,
+                    unit=spec.unit,
+                    source_system=fact.system,
+                    source_code=fact.code,
+                    effective=effective,
+                )
+        return best
+
+
+def _better(spec: ModelInput, value: float, effective: datetime, best: FeatureValue | None) -> bool:
+    """Whether a candidate replaces the best so far; ties keep the one seen first."""
+    if best is None:
+        return True
+    if spec.aggregate == "min":
+        return value < best.value
+    if spec.aggregate == "max":
+        return value > best.value
+    return effective > best.effective
+
+
+def _value(spec: ModelInput, source: InputSource, fact: ObservationFact) -> float | None:
     """The fact's value for this input, or None when it cannot be used."""
     if fact.value_code is not None:
         return spec.value_map.get(fact.value_code) if spec.kind in ("flag", "coded") else None
@@ -226,15 +279,30 @@ def _value(spec: ModelInput, unit: str | None, fact: ObservationFact) -> float |
         return None
     if spec.kind == "coded":
         return None
-    if unit is None:  # unitless source (boolean / yes-no): only flags take it
-        return (1.0 if fact.value > 0 else 0.0) if spec.kind == "flag" else None
-    got = _ucum(fact.unit)
-    if got == unit:
-        value = fact.value
-    elif (got, unit) in _CONVERSIONS:
-        value = _CONVERSIONS[(got, unit)](fact.value)  # type: ignore[index]
-    else:
+    value: float | None
+    if spec.kind == "quantity":
+        assert spec.unit is not None
+        value = _convert(fact.value, _ucum(fact.unit), spec.unit, spec.other_units)
+        low, high = spec.valid_range or (-float("inf"), float("inf"))
+        return value if value is not None and low <= value <= high else None
+    # a flag: the value counts when it arrives in the source's unit (or the source is unitless:
+    # a boolean, a yes/no, a score)
+    unit = source.unit
+    value = fact.value if unit is None else _convert(fact.value, _ucum(fact.unit), unit, {})
+    if value is None:
         return None
-    if spec.kind == "flag":
-        return 1.0 if value > 0 else 0.0
-    return value
+    if source.flag_below is not None:
+        return 1.0 if value < source.flag_below else 0.0
+    return 1.0 if value > 0 else 0.0
+
+
+def _convert(
+    value: float, got: str | None, unit: str, other_units: Mapping[str, float]
+) -> float | None:
+    """``value`` in ``got`` expressed in ``unit``, or None when it cannot be converted."""
+    if got == unit:
+        return value
+    if got is not None and got in other_units:
+        return value / other_units[got]
+    convert = _CONVERSIONS.get((got, unit)) if got is not None else None
+    return convert(value) if convert is not None else None

@@ -16,10 +16,19 @@ Outputs (int64 ``[N]`` each): ``total``, ``band`` (:data:`NEWS2_BAND_LABELS`) an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
+
+from inference._graph import GraphBuilder
+from inference._manifest import (
+    SNOMED,
+    AdvisoryMapping,
+    Code,
+    InputSource,
+    ModelInput,
+    ModelManifest,
+    loinc,
+)
 
 NEWS2_INPUT = "features"
 
@@ -47,6 +56,9 @@ NEWS2_COMPONENT_OUTPUTS: dict[str, str] = {
 
 NEWS2_OUTPUTS: tuple[str, ...] = ("total", "band", *NEWS2_COMPONENT_OUTPUTS)
 
+NEWS2_VERSION = "1.0.0"
+_WINDOW_H = 24.0
+
 #: clinical risk band code -> label (RCP 2017, chart 2)
 NEWS2_BAND_LABELS: dict[int, str] = {0: "low", 1: "low-medium", 2: "medium", 3: "high"}
 
@@ -59,62 +71,14 @@ _SBP = ([(90, 3), (100, 2), (110, 1), (219, 0)], 3)
 _HR = ([(40, 3), (50, 1), (90, 0), (110, 1), (130, 2)], 3)
 _TEMP = ([(35, 3), (36, 1), (38, 0), (39, 1)], 2)
 
-OPSET = 17
-IR_VERSION = 8  # readable by every onnxruntime >= 1.17 the project supports
-
-
-class _Graph:
-    """Collects nodes and constants with unique names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._consts: dict[tuple[int, float], str] = {}
-        self._n = 0
-
-    def name(self, hint: str) -> str:
-        self._n += 1
-        return f"{hint}_{self._n}"
-
-    def const(self, value: float, dtype: int) -> str:
-        key = (dtype, float(value))
-        if key not in self._consts:
-            name = self.name("c")
-            self.initializers.append(helper.make_tensor(name, dtype, [], [value]))
-            self._consts[key] = name
-        return self._consts[key]
-
-    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None) -> str:
-        out = out or self.name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out]))
-        return out
-
-    def piecewise(
-        self, x: str, rows: Sequence[tuple[int, int]], above: str, out: str | None = None
-    ) -> str:
-        """Score ``x`` by inclusive upper bounds, lowest first; ``above`` past the last."""
-        result = above
-        for i, (bound, score) in enumerate(reversed(rows)):
-            cond = self.op("LessOrEqual", [x, self.const(bound, TensorProto.FLOAT)])
-            last = i == len(rows) - 1
-            result = self.op(
-                "Where", [cond, self.const(score, TensorProto.INT64), result], out if last else None
-            )
-        return result
-
 
 def build_news2_model() -> onnx.ModelProto:
     """Build and check the NEWS2 graph."""
-    g = _Graph()
-    cols: dict[str, str] = {}
-    for idx, col in enumerate(NEWS2_COLUMNS):  # column j -> a [N] tensor named after it
-        index = g.name("idx")
-        g.initializers.append(helper.make_tensor(index, TensorProto.INT64, [], [idx]))
-        g.nodes.append(helper.make_node("Gather", [NEWS2_INPUT, index], [col], axis=1))
-        cols[col] = col
+    g = GraphBuilder()
+    cols = g.columns(NEWS2_INPUT, NEWS2_COLUMNS)
 
     def flag(col: str) -> str:
-        return g.op("GreaterOrEqual", [cols[col], g.const(0.5, TensorProto.FLOAT)])
+        return g.flag(cols[col])
 
     int64 = TensorProto.INT64
     on_oxygen = flag("on_oxygen")
@@ -146,22 +110,122 @@ def build_news2_model() -> onnx.ModelProto:
         [g.op("GreaterOrEqual", ["total", g.const(7, int64)]), three, medium_or_less],
         "band",
     )
-
-    graph = helper.make_graph(
-        g.nodes,
+    return g.model(
         "news2",
-        [helper.make_tensor_value_info(NEWS2_INPUT, TensorProto.FLOAT, ["N", len(NEWS2_COLUMNS)])],
-        [helper.make_tensor_value_info(name, TensorProto.INT64, ["N"]) for name in NEWS2_OUTPUTS],
-        g.initializers,
-        doc_string="NEWS2 (RCP 2017). Columns: " + ", ".join(NEWS2_COLUMNS),
+        NEWS2_INPUT,
+        NEWS2_COLUMNS,
+        [(name, int64) for name in NEWS2_OUTPUTS],
+        "NEWS2 (RCP 2017). Columns: " + ", ".join(NEWS2_COLUMNS),
+        __doc__,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="wardgate",
-        doc_string=__doc__,
+
+
+def news2_manifest() -> ModelManifest:
+    """The manifest of the reference NEWS2 model; inputs follow ``NEWS2_COLUMNS``.
+
+    NEWS2 input codes:
+    - respiratory rate LOINC 9279-1 (/min); SpO2 LOINC 59408-5 or 2708-6 (%);
+    - supplemental oxygen, either LOINC 3151-8 inhaled oxygen flow rate (L/min; flow > 0 means
+      on oxygen) or SNOMED CT 371825009 |Patient on oxygen| answered yes 373066001 / no
+      373067005 (or a valueBoolean), the coding NHS England's vital-signs guidance uses; a coded
+      "air or oxygen" answer of 722742002 |Breathing room air| or 371825009 is accepted too;
+    - systolic BP LOINC 8480-6 (mm[Hg]); heart rate LOINC 8867-4 (/min);
+      temperature LOINC 8310-5 (Cel; [degF] is converted);
+    - consciousness: SNOMED CT 1104441000000107 ACVPU, alert 248234008 -> 0; new confusion
+      130987000, voice 300202002, pain 450847001, unresponsive 422768004 -> 1;
+    - SpO2 scale 2: a ``config`` input, set per patient by configuration, default scale 1.
+    """
+    inputs = [
+        ModelInput(
+            name="respiratory_rate",
+            kind="quantity",
+            description="respiration rate",
+            codes=[loinc("9279-1", "Respiratory rate")],
+            unit="/min",
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="spo2",
+            kind="quantity",
+            description="oxygen saturation",
+            codes=[
+                loinc("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+                loinc("2708-6", "Oxygen saturation in Arterial blood"),
+            ],
+            unit="%",
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="on_oxygen",
+            kind="flag",
+            description="supplemental oxygen (1) or air (0)",
+            codes=[
+                loinc("3151-8", "Inhaled oxygen flow rate", unit="L/min"),
+                InputSource(system=SNOMED, code="371825009", display="Patient on oxygen"),
+            ],
+            value_map={"373066001": 1.0, "373067005": 0.0, "371825009": 1.0, "722742002": 0.0},
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="systolic_bp",
+            kind="quantity",
+            description="systolic blood pressure",
+            codes=[loinc("8480-6", "Systolic blood pressure")],
+            unit="mm[Hg]",
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="heart_rate",
+            kind="quantity",
+            description="pulse",
+            codes=[loinc("8867-4", "Heart rate")],
+            unit="/min",
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="temperature",
+            kind="quantity",
+            description="body temperature",
+            codes=[loinc("8310-5", "Body temperature")],
+            unit="Cel",
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="acvpu_not_alert",
+            kind="coded",
+            description="ACVPU other than Alert (new confusion, voice, pain, unresponsive)",
+            codes=[InputSource(system=SNOMED, code="1104441000000107", display="ACVPU")],
+            value_map={
+                "248234008": 0.0,
+                "130987000": 1.0,
+                "300202002": 1.0,
+                "450847001": 1.0,
+                "422768004": 1.0,
+            },
+            lookback_hours=_WINDOW_H,
+        ),
+        ModelInput(
+            name="spo2_scale2",
+            kind="config",
+            description="use SpO2 scale 2 (target 88-92%), set by a clinician per patient",
+            default=0.0,
+        ),
+    ]
+    assert [i.name for i in inputs] == list(NEWS2_COLUMNS)
+    return ModelManifest(
+        id="news2",
+        version=NEWS2_VERSION,
+        description="National Early Warning Score 2, as an ONNX graph of the published chart",
+        reference="Royal College of Physicians. National Early Warning Score (NEWS) 2. 2017.",
+        onnx_input=NEWS2_INPUT,
+        inputs=inputs,
+        outputs=list(NEWS2_OUTPUTS),
+        advisory=AdvisoryMapping(
+            kind="risk",
+            score_output="total",
+            band_output="band",
+            band_labels=NEWS2_BAND_LABELS,
+            component_outputs=NEWS2_COMPONENT_OUTPUTS,
+            observation_code=Code(system=SNOMED, code="1104051000000101", display="NEWS2 score"),
+        ),
     )
-    model.ir_version = IR_VERSION
-    helper.set_model_props(model, {"columns": ",".join(NEWS2_COLUMNS)})
-    onnx.checker.check_model(model, full_check=True)
-    return model

@@ -2,10 +2,12 @@
 
 The parent side is blocking (the gateway calls it through ``asyncio.to_thread``) and
 thread-safe (one call at a time per sandbox). Every call has a wall-clock deadline; when
-the deadline passes or the worker dies, the worker is killed, a fresh one is started and
-the batch is retried once. A second failure raises :class:`SandboxError`, and the caller
-dead-letters the messages of that batch. A model error reported by a healthy worker (bad
-shape, say) is not retried: it would fail the same way.
+the deadline passes or the worker dies (a crash, or a kill by RLIMIT_AS / RLIMIT_CPU), the
+worker is killed, a fresh one is started and the batch is retried on it (``attempts``, two
+by default). When every attempt fails, :class:`SandboxError` says why; the engine then
+bisects the batch to find the rows at fault. A model error reported by a healthy worker
+(bad shape, say) is not retried: it would fail the same way. Each loss is kept as
+``last_failure`` (and counted in ``failures``) for ``/readyz``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import numpy.typing as npt
 
 from inference import _worker as wire
 from inference._bundle import ModelBundle
-from inference._errors import SandboxError
+from inference._errors import SandboxError, WorkerUnavailable
 
 _WORKER = Path(wire.__file__).resolve()
 _PASS_ENV = ("PATH", "LANG", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 _RECYCLE_AT = 0.8  # of the worker's CPU budget
+_TIMES = {1: "once", 2: "twice"}
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,9 @@ class Sandbox:
         self.provider = "not started"
         self.enforcement: dict[str, str] = {}
         self.restarts = 0
+        self.failures = 0
+        self.last_failure: str | None = None
+        self._started = False
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -212,6 +218,8 @@ class Sandbox:
         worker = _Worker(self.limits)
         deadline = time.monotonic() + self.limits.start_timeout_s
         try:
+            if self.bundle.custom_ops is not None:
+                worker.send(wire.CUSTOM_OPS, self.bundle.custom_ops, deadline)
             worker.send(wire.MODEL, self.bundle.model_bytes, deadline)
             kind, payload = worker.recv(deadline)
         except _WorkerLost:
@@ -221,26 +229,32 @@ class Sandbox:
             worker.kill()
             raise _WorkerLost(payload.decode(errors="replace"))
         ready = json.loads(payload)
+        self._started = True
         self.provider = str(ready["provider"])
         self.enforcement = {
             **{str(k): str(v) for k, v in ready["enforcement"].items()},
             "environment": "scrubbed: only " + ", ".join(sorted(worker.env)) + "; python -I",
             "wall_clock": (
-                f"{self.limits.call_timeout_s:g} s per call; on timeout or death the worker "
-                "is killed, restarted and the batch retried once"
+                f"{self.limits.call_timeout_s:g} s per call, "
+                f"{self.limits.start_timeout_s:g} s to start; on timeout or death the worker "
+                "is killed, restarted and the batch retried on the fresh worker"
             ),
         }
         return worker
 
     # calls -------------------------------------------------------------------------------
 
-    def run(self, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[Any]]:
-        """Score a float32 ``[N, k]`` batch; returns the model's outputs by name."""
+    def run(self, batch: npt.NDArray[np.float32], attempts: int = 2) -> dict[str, npt.NDArray[Any]]:
+        """Score a float32 ``[N, k]`` batch; returns the model's outputs by name.
+
+        ``attempts``: how many workers the batch may be tried on before
+        :class:`SandboxError` (:class:`WorkerUnavailable` when no worker could start).
+        """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != self._width:
             raise ValueError(f"batch must be float32 [N, {self._width}]")
         payload = wire.encode_arrays({self.bundle.manifest.onnx_input: batch})
-        kind, reply = self._call(wire.RUN, payload)
+        kind, reply = self._call(wire.RUN, payload, attempts)
         if kind == wire.ERROR:
             raise SandboxError(f"model error: {reply.decode(errors='replace')}")
         cpu, outputs = wire.decode_outputs(reply)
@@ -257,31 +271,46 @@ class Sandbox:
         report: dict[str, Any] = json.loads(reply)
         return report
 
-    def _call(self, kind: int, payload: bytes) -> tuple[int, bytes]:
+    def _call(self, kind: int, payload: bytes, attempts: int = 2) -> tuple[int, bytes]:
         with self._lock:
-            reason = ""
-            for attempt in range(2):
+            reason, unavailable = "", False
+            for _ in range(attempts):
                 try:
-                    if self._worker is None or self._worker.proc.poll() is not None:
-                        self._replace_worker(counted=attempt > 0 or self._worker is not None)
-                    worker = self._worker
-                    assert worker is not None
+                    worker = self._live_worker()
+                except _WorkerLost as exc:
+                    reason, unavailable = self._lost(f"worker failed to start: {exc}"), True
+                    continue
+                unavailable = False
+                try:
                     deadline = time.monotonic() + self.limits.call_timeout_s
                     worker.send(kind, payload, deadline)
                     return worker.recv(deadline)
                 except _WorkerLost as exc:
-                    reason = str(exc)
-                    if self._worker is not None:
-                        self._worker.kill()
-                        self._worker = None
-            raise SandboxError(f"worker failed twice; last: {reason}")
+                    worker.kill()
+                    self._worker = None
+                    reason = self._lost(str(exc))
+            error = WorkerUnavailable if unavailable else SandboxError
+            times = _TIMES.get(attempts, f"{attempts} times")
+            raise error(f"worker failed {times}; last: {reason}")
 
-    def _replace_worker(self, counted: bool) -> None:
-        if self._worker is not None:
+    def _live_worker(self) -> _Worker:
+        """The current worker, or a fresh one when there is none or it died between calls."""
+        if self._worker is not None and self._worker.proc.poll() is not None:
+            self._lost(self._worker._death("worker exited between calls"))
             self._worker.kill()
             self._worker = None
-        self._worker = self._spawn()
-        self.restarts += int(counted)
+        if self._worker is None:
+            restart = self._started
+            self._worker = self._spawn()
+            self.restarts += int(restart)
+        return self._worker
+
+    def _lost(self, reason: str) -> str:
+        if reason == "timed out":
+            reason = f"no reply within {self.limits.call_timeout_s:g} s (wall clock); killed"
+        self.failures += 1
+        self.last_failure = reason
+        return reason
 
     def _recycle(self) -> None:
         """Replace a worker near its CPU budget between calls, not in the middle of one."""

@@ -6,10 +6,12 @@ and onnxruntime, so the sandboxed interpreter never loads the gateway's own code
 
 Startup, before the first byte of stdin is read:
   close inherited fds -> move the protocol off fd 0/1 -> new network namespace ->
-  no_new_privs -> import onnxruntime -> RLIMIT_AS / RLIMIT_CPU / RLIMIT_FSIZE ->
-  drop to uid/gid nobody.
-Then: read the MODEL frame, build the session, answer READY (provider + what is enforced),
-and serve RUN / SELFCHECK frames until EXIT or EOF.
+  no_new_privs -> import onnxruntime -> RLIMIT_AS / RLIMIT_CPU -> drop to uid/gid nobody.
+Then: read an optional CUSTOM_OPS frame (the bundle's verified ``custom_ops.so``) into a
+sealed memfd, read the MODEL frame, set RLIMIT_FSIZE 0, and only then load the custom-op
+library (its constructors run here, inside every limit above) and build the session;
+answer READY (provider + what is enforced, and what is not), and serve RUN / SELFCHECK
+frames until EXIT or EOF.
 
 No parent-death signal: Linux sends it when the *thread* that forked exits, and the gateway
 restarts workers from pool threads. A worker whose parent dies reads EOF and exits.
@@ -24,6 +26,7 @@ import argparse
 import ctypes
 import encodings.idna  # noqa: F401  (imported now: nothing can be imported after the uid drop)
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -37,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 # frame kinds
-MODEL, READY, RUN, OUTPUTS, ERROR, SELFCHECK, REPORT, EXIT = range(1, 9)
+MODEL, READY, RUN, OUTPUTS, ERROR, SELFCHECK, REPORT, EXIT, CUSTOM_OPS = range(1, 10)
 
 HEADER = struct.Struct("<BQ")
 _COUNT = struct.Struct("<H")
@@ -45,7 +48,24 @@ _CPU = struct.Struct("<d")
 _DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|b1", "|u1"})
 _CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
+CUSTOM_OPS_NAME = "custom_ops.so"
 _NOBODY = 65534
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+# What the worker does not enforce, whatever the machine (stated in READY and /readyz).
+NOT_ENFORCED = {
+    "unix_sockets": (
+        "NOT enforced: connect() to a filesystem Unix socket is not blocked by the network "
+        "namespace; only file permissions for the worker's uid limit it"
+    ),
+    "filesystem_reads": (
+        "NOT enforced: the worker may read any file its uid may read (keys must not be "
+        "readable by uid nobody, or by the gateway's uid when it does not run as root)"
+    ),
+    "same_uid_processes": (
+        "NOT enforced: workers share a uid (with the gateway too when it does not run as "
+        "root) and may signal processes of that uid; a killed worker is restarted"
+    ),
+}
 
 
 def encode_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
@@ -175,9 +195,22 @@ def _set_limits(args: argparse.Namespace, cuda: bool) -> dict[str, str]:
         out["cpu"] = f"RLIMIT_CPU {args.cpu_seconds} s (per worker lifetime; recycled before)"
     else:
         out["cpu"] = "not limited"
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    out["files"] = "RLIMIT_FSIZE 0 (cannot write files)"
     return out
+
+
+def _no_file_writes() -> str:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    return "RLIMIT_FSIZE 0 (cannot write files)"
+
+
+def _sealed_memfd(data: bytes) -> int:
+    """An in-memory copy of verified bytes that nobody can change any more (not even us)."""
+    fd = os.memfd_create(CUSTOM_OPS_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    return fd
 
 
 def _drop_privileges(libc: ctypes.CDLL, wanted: bool) -> str:
@@ -231,6 +264,18 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _read_model(rfile: BinaryIO) -> tuple[bytes, bytes | None]:
+    """The MODEL frame, and the CUSTOM_OPS frame the parent sends before it (if any)."""
+    custom_ops = None
+    kind, payload = _read_frame(rfile)
+    if kind == CUSTOM_OPS:
+        custom_ops = payload
+        kind, payload = _read_frame(rfile)
+    if kind != MODEL:
+        raise ValueError("expected a MODEL frame")
+    return payload, custom_ops
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     sys.dont_write_bytecode = True
@@ -246,18 +291,27 @@ def main(argv: list[str] | None = None) -> int:
         cuda = not args.no_gpu and "CUDAExecutionProvider" in ort.get_available_providers()
         enforcement.update(_set_limits(args, cuda))
         enforcement["privileges"] = _drop_privileges(libc, not args.keep_uid)
-        kind, model_bytes = _read_frame(rfile)
-        if kind != MODEL:
-            raise ValueError("first frame must be MODEL")
+        model_bytes, custom_ops = _read_model(rfile)
+        ops_fd = _sealed_memfd(custom_ops) if custom_ops is not None else None
+        enforcement["files"] = _no_file_writes()
+        enforcement.update(NOT_ENFORCED)
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if ops_fd is None:
+            enforcement["custom_ops"] = "none in this bundle"
+        else:  # the library's own code first runs here, inside every limit above
+            options.register_custom_ops_library(f"/proc/self/fd/{ops_fd}")
+            enforcement["custom_ops"] = (
+                "custom_ops.so loaded from a sealed in-memory copy of the signed bytes, "
+                "after every limit above was in place"
+            )
         providers: list[Any] = ["CPUExecutionProvider"]
         if cuda:
             providers.insert(0, ("CUDAExecutionProvider", {"gpu_mem_limit": args.gpu_mem_limit}))
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
-        del model_bytes
+        del model_bytes, custom_ops
         output_names = [o.name for o in session.get_outputs()]
         ready = {"provider": session.get_providers()[0], "enforcement": enforcement}
         _write_frame(wfile, READY, json.dumps(ready).encode())

@@ -13,9 +13,11 @@ from onnx import TensorProto, helper
 
 from inference import (
     NEWS2_COLUMNS,
+    REFERENCE_MODELS,
     BundleRejected,
     ModelManifest,
     build_news2_bundle,
+    build_reference_bundle,
     ensure_reference_bundles,
     key_id,
     load_bundle,
@@ -182,8 +184,51 @@ def test_ensure_reference_bundles_builds_once_and_never_overwrites(
     tmp_path: Path, publisher: Ed25519PrivateKey
 ) -> None:
     built = ensure_reference_bundles(tmp_path, publisher)
-    assert built == [tmp_path / "news2"]
-    load_bundle(tmp_path / "news2", [publisher.public_key()])
+    assert built == [tmp_path / "news2", tmp_path / "qsofa", tmp_path / "kdigo_aki"]
+    for path in built:
+        assert load_bundle(path, [publisher.public_key()]).id == path.name
     (tmp_path / "news2" / "notes.txt").write_text("tampered")
     assert ensure_reference_bundles(tmp_path, publisher) == []
     assert (tmp_path / "news2" / "notes.txt").exists()
+
+
+def test_a_data_dir_made_before_a_reference_model_existed_gains_it(
+    tmp_path: Path, pristine: Path, publisher: Ed25519PrivateKey
+) -> None:
+    shutil.copytree(pristine, tmp_path / "news2")
+    before = (tmp_path / "news2" / "signature.json").read_bytes()
+    assert ensure_reference_bundles(tmp_path, publisher) == [
+        tmp_path / "qsofa",
+        tmp_path / "kdigo_aki",
+    ]
+    assert (tmp_path / "news2" / "signature.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("model_id", ["qsofa", "kdigo_aki"])
+def test_new_reference_bundles_pass_every_load_check(
+    tmp_path: Path, publisher: Ed25519PrivateKey, model_id: str
+) -> None:
+    """Signed, hashes match, ONNX input width and outputs match the manifest."""
+    path = build_reference_bundle(model_id, tmp_path / model_id, publisher)
+    bundle = load_bundle(path, [publisher.public_key()])
+    assert bundle.manifest == REFERENCE_MODELS[model_id][1]()
+    (path / "model.onnx").write_bytes((path / "model.onnx").read_bytes() + b"\0")
+    assert refusal(path, publisher) == "file model.onnx does not match its signed hash"
+
+
+def test_custom_ops_library_is_kept_only_when_signed(
+    bundle_dir: Path, publisher: Ed25519PrivateKey
+) -> None:
+    library = b"\x7fELF not really a library"
+    (bundle_dir / "custom_ops.so").write_bytes(library)
+    assert refusal(bundle_dir, publisher) == (
+        "extra file custom_ops.so is not covered by the signature"
+    )
+    sign_bundle(bundle_dir, publisher)
+    assert load_bundle(bundle_dir, [publisher.public_key()]).custom_ops == library
+    (bundle_dir / "custom_ops.so").write_bytes(library + b"\0")
+    assert refusal(bundle_dir, publisher) == "file custom_ops.so does not match its signed hash"
+
+
+def test_bundle_without_custom_ops_has_none(pristine: Path, publisher: Ed25519PrivateKey) -> None:
+    assert load_bundle(pristine, [publisher.public_key()]).custom_ops is None

@@ -6,8 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from inference import FeatureExtractor, MissingInputs, news2_manifest, observations_from_bundle
+from inference import (
+    Explanation,
+    FeatureExtractor,
+    InputSource,
+    MissingInputs,
+    ModelManifest,
+    news2_manifest,
+    observations_from_bundle,
+)
 from schemas import InferenceRequest, ObservationFact
 
 LOINC = "http://loinc.org"
@@ -324,3 +333,117 @@ def test_bundle_to_request_end_to_end(extractor: FeatureExtractor) -> None:
 
 def test_max_window_is_the_longest_look_back(extractor: FeatureExtractor) -> None:
     assert extractor.max_window == timedelta(hours=24)
+
+
+# --- history aggregates: the manifest's window options, in general ------------------------
+
+
+def _history_manifest(**overrides: Any) -> ModelManifest:
+    """A two-input model: the latest heart rate, and another aggregate of its history."""
+    codes = [InputSource(system=LOINC, code="8867-4")]
+    second = {
+        "name": "hr_other",
+        "kind": "quantity",
+        "codes": codes,
+        "unit": "/min",
+        "lookback_hours": 6,
+        **overrides,
+    }
+    return ModelManifest.model_validate(
+        {
+            "id": "hist",
+            "version": "1",
+            "description": "test",
+            "inputs": [
+                {
+                    "name": "hr",
+                    "kind": "quantity",
+                    "codes": codes,
+                    "unit": "/min",
+                    "lookback_hours": 2,
+                },
+                second,
+            ],
+            "outputs": ["s"],
+            "advisory": {
+                "score_output": "s",
+                "band_output": "s",
+                "band_labels": {},
+                "observation_code": {"system": "x", "code": "y"},
+            },
+        }
+    )
+
+
+HR_HISTORY = [q("8867-4", v, "/min", h) for v, h in [(70, 1), (95, 3), (60, 5), (50, 7.5)]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, 70),  # latest within 6 h of now
+        ({"aggregate": "min"}, 60),
+        ({"aggregate": "max"}, 95),
+        # anchored: the window ends just before the latest (1 h ago)
+        ({"aggregate": "min", "anchor": "hr", "lookback_hours": 6.5}, 50),  # back to 7.5 h ago
+        ({"aggregate": "min", "anchor": "hr", "lookback_hours": 4}, 60),  # back to 5 h ago
+        ({"aggregate": "max", "anchor": "hr", "lookback_hours": 2.5}, 95),
+        ({"aggregate": "latest", "anchor": "hr"}, 95),  # the one before the latest
+    ],
+)
+def test_an_input_can_aggregate_a_window_of_history(
+    overrides: dict[str, Any], expected: float
+) -> None:
+    result = FeatureExtractor(_history_manifest(**overrides)).extract(1, "p", HR_HISTORY, NOW)
+    assert values(result) == {"hr": 70, "hr_other": expected}
+
+
+def test_an_anchored_window_excludes_the_anchor_value_itself() -> None:
+    manifest = _history_manifest(aggregate="min", anchor="hr")
+    result = FeatureExtractor(manifest).extract(1, "p", [q("8867-4", 70, "/min", 1)], NOW)
+    assert isinstance(result, MissingInputs) and result.names == ["hr_other"]
+    fallback = _history_manifest(aggregate="min", anchor="hr", fallback="hr")
+    got = FeatureExtractor(fallback).extract(1, "p", [q("8867-4", 70, "/min", 1)], NOW)
+    assert values(got) == {"hr": 70, "hr_other": 70}
+
+
+def test_anchored_windows_lengthen_the_history_a_caller_must_keep() -> None:
+    manifest = _history_manifest(aggregate="min", anchor="hr")
+    assert FeatureExtractor(manifest).max_window == timedelta(hours=2 + 6)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"anchor": "nope"},
+        {"anchor": "hr_other"},  # itself: not an earlier input
+        {"fallback": "nope"},
+        {"fallback": "hr", "unit": "%"},  # a fallback of another unit
+        {"kind": "flag", "unit": None, "valid_range": (0, 1)},
+        {"other_units": {"[degF]": 0}},
+        {"valid_range": (5, 1)},
+    ],
+)
+def test_inconsistent_history_options_are_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        _history_manifest(**overrides)
+
+
+def test_an_anchor_must_itself_be_a_latest_value() -> None:
+    with pytest.raises(ValidationError):
+        ModelManifest.model_validate(
+            {
+                **_history_manifest().model_dump(),
+                "inputs": [
+                    {**_history_manifest().inputs[0].model_dump(), "aggregate": "min"},
+                    {**_history_manifest().inputs[1].model_dump(), "anchor": "hr"},
+                ],
+            }
+        )
+
+
+def test_explanation_text_allows_only_output_placeholders() -> None:
+    Explanation(when="s", text="ratio {s:.2f}x, {s}")
+    for bad in ["{s.__class__}", "{s!r}", "{s:>99}", "{", "a } b"]:
+        with pytest.raises(ValidationError):
+            Explanation(when="s", text=bad)

@@ -9,20 +9,25 @@ from adapters import MllpClient
 from tests.conftest import http_json
 from tests.hl7_samples import oru
 
+NEWS2 = "1104051000000101"  # SNOMED CT code of the NEWS2 score Observation
+
 
 def test_a_tampered_bundle_is_refused_audited_and_the_gateway_is_not_ready(
     gateway_factory: Any,
 ) -> None:
     gw = gateway_factory("tamper").start()
     assert gw.stop() == 0
-    model = gw.data_dir / "models" / "news2" / "model.onnx"
-    data = bytearray(model.read_bytes())
-    data[-1] ^= 0x01
-    model.write_bytes(bytes(data))
+    bundles = sorted((gw.data_dir / "models").iterdir())
+    assert [b.name for b in bundles] == ["kdigo_aki", "news2", "qsofa"]
+    for bundle in bundles:  # every model tampered: none may load
+        model = bundle / "model.onnx"
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 0x01
+        model.write_bytes(bytes(data))
     gw.start(ready=False)
     status, body = http_json(f"{gw.url}/readyz")
     assert status == 503 and body["models"] == {}
-    assert "model.onnx" in body["refused_bundles"]["news2"]
+    assert all("model.onnx" in body["refused_bundles"][b.name] for b in bundles)
     assert gw.stop() == 0
     trail = (gw.data_dir / "audit" / "pipeline.log").read_text()
     assert '"bundle_refused"' in trail
@@ -57,7 +62,11 @@ def test_spo2_scale_2_applies_only_to_the_patients_configured_for_it(
     records = gw.wait_disposed(["S2-1", "S2-2"])
 
     def score(cid: str) -> int:
-        obs = next(r for r in records[cid]["advisories"] if r["resourceType"] == "Observation")
+        obs = next(
+            r
+            for r in records[cid]["advisories"]
+            if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == NEWS2
+        )
         return int(obs["valueInteger"])
 
     assert score("S2-1") == 0

@@ -287,6 +287,7 @@ def test_advisory_resources_are_valid_preliminary_fhir(session: ort.InferenceSes
         "code": "1104051000000101",
         "display": "NEWS2 score",
     }
+    assert risk["code"]["coding"] == obs["code"]["coding"]  # searchable by the model's code
     assert obs["valueInteger"] == 4
     assert risk["prediction"][0]["qualitativeRisk"]["text"] == "low-medium"
     pseudonym = {"identifier": {"system": "urn:wardgate:pseudonym", "value": "psn-abc"}}

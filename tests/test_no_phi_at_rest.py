@@ -10,6 +10,8 @@ from typing import Any
 from adapters import MllpClient, ack_code
 from tests.conftest import http_json
 
+NEWS2_CODE = "http://snomed.info/sct|1104051000000101"
+
 # Distinctive planted values: every one must be absent from every file after the run.
 PLANTED = {
     "mrn": "ZQMRN48213",
@@ -83,7 +85,7 @@ def test_planted_identifiers_appear_in_no_file_under_the_data_dir_nor_the_logs(
     assert {r["disposition"]["outcome"] for r in records.values()} == {"written_back"}
     # the egress point re-identifies: the real MRN is served there, and only there
     status, bundle = http_json(
-        f"{gw.url}/fhir/RiskAssessment?subject=urn:id:TESTHOSP|{PLANTED['mrn']}"
+        f"{gw.url}/fhir/RiskAssessment?code={NEWS2_CODE}&subject=urn:id:TESTHOSP|{PLANTED['mrn']}"
     )
     assert status == 200 and bundle["total"] == 3
     assert gw.stop(signal.SIGTERM) == 0

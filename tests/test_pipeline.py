@@ -14,6 +14,18 @@ from tests.conftest import GatewayProcess, http_json
 from tests.hl7_samples import VITALS_HIGH, VITALS_NORMAL, adt, oru
 
 NEWS2_CODE = "http://snomed.info/sct|1104051000000101"
+QSOFA_CODE = "https://wardgate.dev/CodeSystem/score|qsofa"
+
+
+def model_resources(resources: list[dict[str, Any]], model_id: str) -> list[dict[str, Any]]:
+    """The advisory resources one model wrote (its Device agent names it on the Provenance)."""
+    provenance = [
+        r
+        for r in resources
+        if r["resourceType"] == "Provenance" and f" {model_id} " in r["agent"][0]["who"]["display"]
+    ]
+    targets = {t["reference"].removeprefix("urn:uuid:") for p in provenance for t in p["target"]}
+    return [r for r in resources if r in provenance or r["id"] in targets]
 
 
 def send(port: int, messages: list[bytes]) -> list[bytes]:
@@ -44,8 +56,12 @@ def test_vitals_become_a_news2_observation_risk_assessment_and_provenance(
     assert records["P-ADT-1"]["disposition"]["outcome"] == "filtered"
     oru_record = records["P-ORU-1"]
     assert oru_record["disposition"]["outcome"] == "written_back"
-    types = sorted(r["resourceType"] for r in oru_record["advisories"])
+    news2 = model_resources(oru_record["advisories"], "news2")
+    types = sorted(r["resourceType"] for r in news2)
     assert types == ["Observation", "Provenance", "RiskAssessment"]
+    qsofa = model_resources(oru_record["advisories"], "qsofa")  # RR 26, SBP 88, confusion
+    assert sorted(r["resourceType"] for r in qsofa) == types
+    assert len(oru_record["advisories"]) == len(news2) + len(qsofa)
 
     status, bundle = http_json(
         f"{gw.url}/fhir/Observation?code={NEWS2_CODE}&subject=urn:id:TESTHOSP|MRN1001"
@@ -56,10 +72,19 @@ def test_vitals_become_a_news2_observation_risk_assessment_and_provenance(
     assert obs["status"] == "preliminary" and obs["valueInteger"] == 19
     assert obs["subject"]["identifier"] == {"system": "urn:id:TESTHOSP", "value": "MRN1001"}
 
-    status, bundle = http_json(f"{gw.url}/fhir/RiskAssessment?subject=urn:id:TESTHOSP|MRN1001")
+    status, bundle = http_json(
+        f"{gw.url}/fhir/RiskAssessment?code={NEWS2_CODE}&subject=urn:id:TESTHOSP|MRN1001"
+    )
+    assert status == 200 and bundle["total"] == 1
     risk = bundle["entry"][0]["resource"]
     assert risk["status"] == "preliminary"
     assert risk["prediction"][0]["qualitativeRisk"]["text"] == "high"
+
+    status, bundle = http_json(
+        f"{gw.url}/fhir/RiskAssessment?code={QSOFA_CODE}&subject=urn:id:TESTHOSP|MRN1001"
+    )
+    assert status == 200 and bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["prediction"][0]["qualitativeRisk"]["text"] == "positive"
 
     status, bundle = http_json(f"{gw.url}/fhir/Provenance")
     assert any("news2" in str(e["resource"]["agent"]) for e in bundle["entry"])
@@ -83,8 +108,13 @@ def test_a_repeated_control_id_is_acknowledged_again_and_processed_once(gw: Gate
     acks = send(gw.mllp_port, [message, message])
     assert [ack_code(a) for a in acks] == ["AA", "AA"]
     gw.wait_disposed(["P-DUP-1"])
+    for code in (NEWS2_CODE, QSOFA_CODE):  # one per model, not one per copy of the message
+        status, bundle = http_json(
+            f"{gw.url}/fhir/RiskAssessment?code={code}&subject=urn:id:TESTHOSP|MRN1003"
+        )
+        assert status == 200 and bundle["total"] == 1
     status, bundle = http_json(f"{gw.url}/fhir/RiskAssessment?subject=urn:id:TESTHOSP|MRN1003")
-    assert status == 200 and bundle["total"] == 1
+    assert status == 200 and bundle["total"] == 2
 
 
 def test_same_control_id_from_another_sender_is_a_different_message(gw: GatewayProcess) -> None:
@@ -127,9 +157,12 @@ def test_partial_vitals_combine_with_the_subjects_recent_history(gw: GatewayProc
         ],
     )
     records = gw.wait_disposed(["P-HIST-1", "P-HIST-2"])
-    assert records["P-HIST-1"]["disposition"]["outcome"] == "filtered"
+    # no heart rate yet: no NEWS2 (qSOFA, which needs none, scored the first message alone)
+    assert model_resources(records["P-HIST-1"]["advisories"], "news2") == []
+    assert len(model_resources(records["P-HIST-1"]["advisories"], "qsofa")) == 3
     assert records["P-HIST-2"]["disposition"]["outcome"] == "written_back"
-    obs = next(r for r in records["P-HIST-2"]["advisories"] if r["resourceType"] == "Observation")
+    news2 = model_resources(records["P-HIST-2"]["advisories"], "news2")
+    obs = next(r for r in news2 if r["resourceType"] == "Observation")
     assert obs["valueInteger"] == 3  # HR 135 scores 3; everything else in range
 
 

@@ -97,7 +97,12 @@ def test_a_live_destination_gets_an_oru_with_preliminary_status_and_the_real_ide
     disposition = gw.wait_disposed(["WB-L-1"])["WB-L-1"]["disposition"]
     assert disposition["outcome"] == "written_back"
     assert disposition["destinations"] == ["advisory-store", "his"]
-    [message] = receiver.received
+    # one ORU per advisory: NEWS2's, and qSOFA's (RR 26, SBP 88, new confusion: 3)
+    by_control_id = {m.decode().split("\r")[0].split("|")[9]: m for m in receiver.received}
+    assert len(by_control_id) == len(receiver.received) == 2
+    [news2] = [cid for cid in by_control_id if cid.endswith("-news2")]
+    assert {cid.rsplit("-", 1)[0] for cid in by_control_id} == {news2.rsplit("-", 1)[0]}
+    message = by_control_id[news2]
     segments = {s.split("|")[0]: s.split("|") for s in message.decode().split("\r") if s}
     assert segments["MSH"][8].startswith("ORU^R01")
     assert segments["PID"][3].startswith("MRN5001^^^TESTHOSP")
