@@ -34,6 +34,7 @@ from inference import (
     build_news2_bundle,
     load_bundle,
 )
+from inference._errors import WorkerUnavailable
 from schemas import FeatureValue, InferenceRequest, ObservationFact
 
 
@@ -129,6 +130,12 @@ def test_enforcement_reports_what_is_enforced(sandbox: Sandbox) -> None:
         assert enforced["memory"] == f"RLIMIT_AS {sandbox.limits.memory_bytes}"
     assert enforced["cpu"].startswith(f"RLIMIT_CPU {sandbox.limits.cpu_seconds} s")
     assert {"environment", "wall_clock", "fds", "files", "privileges"} <= enforced.keys()
+    assert enforced["custom_ops"] == "none in this bundle"
+
+
+def test_enforcement_says_what_is_not_enforced(sandbox: Sandbox) -> None:
+    not_enforced = {k for k, v in sandbox.enforcement.items() if v.startswith("NOT")}
+    assert {"unix_sockets", "filesystem_reads", "same_uid_processes"} <= not_enforced
 
 
 def test_killed_worker_is_restarted_and_the_next_call_succeeds(sandbox: Sandbox) -> None:
@@ -138,6 +145,7 @@ def test_killed_worker_is_restarted_and_the_next_call_succeeds(sandbox: Sandbox)
     assert sandbox.run(random_batch(4))["total"].shape == (4,)
     assert sandbox.pid != before
     assert sandbox.restarts == restarts + 1
+    assert sandbox.last_failure is not None and sandbox.last_failure.endswith("(signal 9)")
 
 
 def test_hung_worker_is_killed_and_the_batch_retried(bundle: ModelBundle) -> None:
@@ -147,6 +155,7 @@ def test_hung_worker_is_killed_and_the_batch_retried(bundle: ModelBundle) -> Non
         os.kill(hung, signal.SIGSTOP)
         assert sb.run(random_batch(3))["band"].shape == (3,)
         assert sb.pid != hung and sb.restarts == 1
+        assert sb.last_failure == "no reply within 0.5 s (wall clock); killed"
 
 
 def test_second_failure_raises_sandbox_error_with_the_reason(bundle: ModelBundle) -> None:
@@ -154,7 +163,7 @@ def test_second_failure_raises_sandbox_error_with_the_reason(bundle: ModelBundle
         sb.limits = replace(sb.limits, memory_bytes=64 << 20)  # replacements cannot load
         assert sb.pid is not None
         os.kill(sb.pid, signal.SIGKILL)
-        with pytest.raises(SandboxError, match="worker failed twice"):
+        with pytest.raises(WorkerUnavailable, match="worker failed twice; last: worker failed to"):
             sb.run(random_batch(2))
 
 
