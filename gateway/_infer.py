@@ -2,10 +2,16 @@
 
 A step takes a micro-batch of records (up to ``batch_max``, waiting at most
 ``batch_wait_ms`` for it to fill), adds each record's observations to its subject's
-de-identified history, builds one feature row per (record, model) from the latest value
-of each input within the model's window, and scores all rows of a model in one sandbox
-call. A record with no complete row is ``filtered`` with the missing inputs named; a
-batch the sandbox cannot score is ``dead_lettered`` with the reason.
+de-identified history, builds one feature row per (record, model) for each model that
+takes one of the record's observation codes, from the subject's history within the
+model's windows, and scores all rows of a model in one sandbox
+call. A record with no complete row is ``filtered`` with the missing inputs named. When
+the sandbox cannot score a batch, the engine bisects it: only the records whose rows make
+workers fail on their own are ``dead_lettered`` (with the reason), and the rest of the
+batch is scored and written as usual.
+
+At start-up the stage logs, per model, what its sandbox enforces on this machine and what
+it does not (``sandbox.enforced`` / ``sandbox.not_enforced``), as ``/readyz`` reports it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from inference import (
     FeatureExtractor,
     InferenceEngine,
     MissingInputs,
-    SandboxError,
     build_advisories,
     observations_from_bundle,
 )
+from inference._engine import RowFailure
 from schemas import (
     Advisory,
     DeidentifiedRecord,
@@ -65,9 +71,32 @@ class InferStage:
         self._batch_max = batch_max
         self._batch_wait = batch_wait_ms / 1000
         self._extractors = {m.id: FeatureExtractor(m) for m in engine.models}
+        # A model scores a message only if the message brings one of its inputs: a lab
+        # result must not re-emit yesterday's vital-sign scores, and vice versa.
+        self._triggers = {
+            m.id: frozenset((c.system, c.code) for i in m.inputs for c in i.codes)
+            for m in engine.models
+        }
         self._window = max(
             (e.max_window for e in self._extractors.values()), default=timedelta(hours=24)
         )
+        self._log_enforcement()
+
+    def _log_enforcement(self) -> None:
+        for model_id, status in self._engine.status().items():
+            for what, how in status["enforcement"].items():
+                if how.startswith("NOT"):
+                    log.warning(
+                        "sandbox.not_enforced",
+                        stage=self.name,
+                        model=model_id,
+                        code=what,
+                        reason=how,
+                    )
+                else:
+                    log.info(
+                        "sandbox.enforced", stage=self.name, model=model_id, code=what, reason=how
+                    )
 
     def _read(self) -> list[TopicEntry]:
         offset = self._store.offset(CONSUMER)
@@ -88,15 +117,19 @@ class InferStage:
         dead: dict[int, str] = {}
         for model_id, reqs in requests.items():
             manifest = self._engine.manifest(model_id)
-            try:
-                results = self._engine.score(model_id, reqs)
-            except SandboxError as exc:
-                for req in reqs:
-                    dead[req.message_id] = f"{model_id}: inference failed ({exc.reason})"
-                continue
+            for req, res in zip(reqs, self._engine.score_isolating(model_id, reqs), strict=True):
+                if isinstance(res, RowFailure):
+                    dead[req.message_id] = f"{model_id}: inference failed ({res.reason})"
+                    log.warning(
+                        "inference.row_failed",
+                        stage=self.name,
+                        model=model_id,
+                        msg_id=req.message_id,
+                        reason=res.reason,
+                    )
+                else:
+                    advisories[req.message_id].append(build_advisories(manifest, req, res.outputs))
             self._metrics.batch_rows.labels(model_id).observe(len(reqs))
-            for req, res in zip(reqs, results, strict=True):
-                advisories[req.message_id].append(build_advisories(manifest, req, res.outputs))
         with self._store.transaction() as tx:
             for record, facts in zip(records, facts_by_record, strict=True):
                 tx.add_facts(record.subject, facts)
@@ -142,7 +175,12 @@ class InferStage:
             if record.subject not in seen:
                 seen[record.subject] = self._store.history(record.subject, now - self._window)
             seen[record.subject].extend(facts)
-            for model_id, extractor in self._extractors.items():
+            codes = {(f.system, f.code) for f in facts}
+            triggered = [m for m, wanted in self._triggers.items() if codes & wanted]
+            if not triggered:
+                reasons[record.message_id].append("no model uses any of its observation codes")
+            for model_id in triggered:
+                extractor = self._extractors[model_id]
                 config = self._config_inputs.get(model_id, {}).get(record.subject, {})
                 row = extractor.extract(
                     record.message_id, record.subject, seen[record.subject], now, config
