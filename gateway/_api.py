@@ -4,27 +4,47 @@ Errors are FHIR OperationOutcomes. Advisories are stored pseudonymously; this is
 egress point, so the patient's real identifier is re-attached here, as a logical
 reference by identifier. There is no create, update or delete route: advisories are
 created only by the writeback stage.
+
+``POST /deid`` runs the pipeline's de-identification on a posted HL7 v2 message or FHIR
+JSON document and returns the result without storing anything (to try the engine).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from gateway._config import DeidConfig
+from gateway._deid_cli import DeidInputError, InputKind, deidentify_input
 from gateway._journal import Journal
 from gateway._store import Store
 from schemas import PSEUDONYM_SYSTEM
 from security import KeyRing, Vault
-from security.deid import pseudonym
+from security.deid import Deidentifier, FreeTextMode, pseudonym
 
 ADVISORY_TYPES = ("Observation", "RiskAssessment", "Provenance")
 FHIR_JSON = "application/fhir+json"
 _SEARCH_PARAMS = {"subject", "code", "_count", "_format"}
+_DEID_MAX_BYTES = 1024 * 1024
+_CONTENT_KINDS: dict[str, InputKind] = {
+    "application/fhir+json": "fhir",
+    "application/json": "fhir",
+    "x-application/hl7-v2+er7": "hl7v2",
+    "application/hl7-v2": "hl7v2",
+    "application/hl7-v2+er7": "hl7v2",
+    "text/plain": "hl7v2",
+}
+_FREE_TEXT_MODES: dict[str, FreeTextMode] = {
+    "remove": "remove",
+    "tag": "tag",
+    "surrogate": "surrogate",
+}
 
 
 @dataclass
@@ -37,6 +57,18 @@ class ApiContext:
     keys: KeyRing
     metrics_render: Callable[[], bytes]
     readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    timezone: str = "UTC"
+
+    def deidentifier(self, free_text: FreeTextMode) -> Deidentifier:
+        """The pipeline's de-identifier (same keys and date-shift range)."""
+        return Deidentifier(
+            self.keys.pseudonym,
+            self.keys.dateshift,
+            self.keys.pseudonym_version,
+            self.deid.shift_range_days,
+            free_text=free_text,
+        )
 
 
 def outcome(status: int, code: str, text: str) -> JSONResponse:
@@ -129,6 +161,37 @@ def create_app(ctx: ApiContext) -> FastAPI:
             ],
         }
         return JSONResponse(bundle, media_type=FHIR_JSON)
+
+    @app.post("/deid")
+    async def deid(request: Request) -> Response:
+        """De-identify the body (HL7 v2 or FHIR JSON, by Content-Type); store nothing."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = _CONTENT_KINDS.get(content_type)
+        if kind is None:
+            return outcome(
+                415,
+                "not-supported",
+                "Content-Type must be application/fhir+json, application/json, "
+                "x-application/hl7-v2+er7 or text/plain (HL7 v2)",
+            )
+        mode = _FREE_TEXT_MODES.get(request.query_params.get("free_text", ctx.deid.free_text))
+        if mode is None:
+            return outcome(400, "invalid", "free_text must be remove, tag or surrogate")
+        body = await request.body()
+        if len(body) > _DEID_MAX_BYTES:
+            return outcome(413, "too-costly", f"body is larger than {_DEID_MAX_BYTES} bytes")
+        if not body.strip():
+            return outcome(400, "invalid", "empty body: post one HL7 v2 message or FHIR JSON")
+        try:
+            result = await run_in_threadpool(
+                deidentify_input, body, ctx.deidentifier(mode), kind, ctx.timezone
+            )
+        except DeidInputError as exc:
+            return outcome(422, "processing", str(exc))
+        except Exception as exc:  # its message could quote the body: name the type only
+            return outcome(422, "processing", f"input not processed ({type(exc).__name__})")
+        report = [e.model_dump(exclude_none=True) for e in result.report]
+        return JSONResponse({"bundle": result.bundle, "report": report})
 
     @app.get("/records/{control_id}")
     def record(control_id: str, sender: str | None = None) -> Response:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from gateway._config import Settings, load_settings
+from gateway._deid_cli import deid
 from gateway._log import configure
 from gateway._model_cli import app as model_app
 
@@ -25,6 +26,7 @@ audit_app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.command("deid")(deid)
 stage_app = typer.Typer(no_args_is_help=True, help="Run one part of the pipeline on its own.")
 app.add_typer(stage_app, name="stage")
 

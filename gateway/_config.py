@@ -9,7 +9,7 @@ any destination that is enabled.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
@@ -69,6 +69,11 @@ class WritebackConfig(BaseModel):
 
 class DeidConfig(BaseModel):
     shift_range_days: tuple[int, int] = (-365, -1)
+    free_text: Literal["remove", "tag", "surrogate"] = Field(
+        default="remove",
+        description="notes and text values: removed (safe default), or kept with identifiers "
+        "replaced by [NAME]-style tags or by typed surrogates",
+    )
 
 
 class Settings(BaseSettings):

@@ -56,6 +56,12 @@ class Metrics:
             ["rule", "action"],
             registry=self.registry,
         )
+        self.deid_identifiers = Counter(
+            "wardgate_deid_identifiers",
+            "Identifiers handled by de-identification, by category (never by value)",
+            ["category", "action"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -87,6 +87,7 @@ class Pipeline:
             self.keys.dateshift,
             self.keys.pseudonym_version,
             settings.deid.shift_range_days,
+            free_text=settings.deid.free_text,
         )
         inference = settings.inference
         wake_infer, wake_writeback = threading.Event(), threading.Event()

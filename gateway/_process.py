@@ -92,7 +92,11 @@ class ProcessStage:
                 )
                 self._metrics.messages.labels("process", "deidentified").inc()
                 for entry in result.report:
-                    self._metrics.deid_actions.labels(entry.rule, entry.action).inc()
+                    self._metrics.deid_actions.labels(entry.rule, entry.action).inc(entry.count)
+                    if entry.category:
+                        self._metrics.deid_identifiers.labels(entry.category, entry.action).inc(
+                            entry.count
+                        )
         self._metrics.stage_seconds.labels("process").observe(time.perf_counter() - started)
         return len(inbound)
 

@@ -162,7 +162,14 @@ class Gateway:
         mllp.on_framing_error = self._framing_rejected
         api = create_app(
             ApiContext(
-                self.store, self.journal, self.vault, self.keys, self.metrics_text, self.readiness
+                self.store,
+                self.journal,
+                self.vault,
+                self.keys,
+                self.metrics_text,
+                self.readiness,
+                deid=self.settings.deid,
+                timezone=self.settings.timezone,
             )
         )
         http = _Server(

@@ -50,11 +50,18 @@ class InboundMessage(_Contract):
 
 
 class DeidReportEntry(_Contract):
-    """One de-identification action: where, what was done, by which rule. Never the value."""
+    """One de-identification action: where, what was done, by which rule. Never the value.
+
+    ``category`` is the kind of identifier the rule is about (``name``, ``phone``,
+    ``date``...; None for fail-closed removals of unclassified data); ``count`` how many
+    times this (path, action, rule, category) happened in the record.
+    """
 
     path: str
     action: Literal["removed", "pseudonymized", "shifted", "generalized", "scrubbed", "kept"]
     rule: str
+    category: str | None = None
+    count: int = 1
 
 
 class DeidentifiedRecord(_Contract):

@@ -4,10 +4,20 @@ Order matters: find the patient and derive the pseudonym first (no pseudonym, no
 then map every entry to its new id so references can be rewritten, then walk each
 resource through its allowlist. The input is never mutated and no removed value is
 copied into the report or into an error.
+
+Free text (notes, ``valueString``, conclusions, narratives, text attachments) is removed
+by default (``free_text="remove"``); with ``"tag"`` or ``"surrogate"`` it is kept after
+the free-text engine (``_freetext``) has replaced what it finds.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -16,22 +26,30 @@ from typing import Any, Literal
 from schemas import DeidentifiedRecord, DeidReportEntry
 from security.deid._dates import oldest_possible_age, shift_date
 from security.deid._errors import DeidentificationError
+from security.deid._freetext import FreeTextScrubber
 from security.deid._keyed import date_offset, pseudonym, resource_id
 from security.deid._rules import (
+    CATEGORY_OF_RULE,
     KNOWN_ELEMENTS,
     KNOWN_RESOURCE_TYPES,
     REMOVAL_RULES,
     RESOURCES,
+    TEXT_ATTACHMENT,
     BirthDate,
+    FreeText,
     Obj,
     Prim,
     Ref,
     Rule,
+    with_free_text,
 )
 
 _MAX_AGE = 89
 _MR = "MR"
-_Action = Literal["removed", "pseudonymized", "shifted", "generalized"]
+_Action = Literal["removed", "pseudonymized", "shifted", "generalized", "scrubbed", "kept"]
+FreeTextMode = Literal["remove", "tag", "surrogate"]
+_TAG = re.compile(r"<[^>]*>")
+_XHTML = '<div xmlns="http://www.w3.org/1999/xhtml">{}</div>'
 
 
 @dataclass(frozen=True)
@@ -83,14 +101,28 @@ def _patient_identifiers(patient: Mapping[str, Any]) -> list[dict[str, str]]:
 class _Pass:
     """State of one ``deidentify`` call: the reference map, the offset, the report."""
 
-    def __init__(self, refs: Mapping[str, str], offset: int, today: date) -> None:
+    def __init__(
+        self,
+        refs: Mapping[str, str],
+        offset: int,
+        today: date,
+        scrubber: FreeTextScrubber | None,
+    ) -> None:
         self.refs = refs
         self.offset = offset
         self.today = today
-        self.report: dict[tuple[str, _Action, str], None] = {}  # ordered set
+        self.scrubber = scrubber
+        self.report: dict[tuple[str, _Action, str, str | None], int] = {}  # ordered counts
 
-    def note(self, path: str, action: _Action, rule: str) -> None:
-        self.report[(path, action, rule)] = None
+    def note(self, path: str, action: _Action, rule: str, category: str | None = None) -> None:
+        key = (path, action, rule, category or CATEGORY_OF_RULE.get(rule))
+        self.report[key] = self.report.get(key, 0) + 1
+
+    def entries(self) -> list[DeidReportEntry]:
+        return [
+            DeidReportEntry(path=p, action=a, rule=r, category=c, count=n)
+            for (p, a, r, c), n in self.report.items()
+        ]
 
     def removed(self, path: str, key: str) -> None:
         if key in KNOWN_ELEMENTS:
@@ -106,7 +138,12 @@ class _Pass:
             kept = [k for k in (self.apply(v, rule, path) for v in value) if k is not None]
             return kept or None
         if isinstance(rule, Obj):
+            if rule is TEXT_ATTACHMENT and not _is_plain_text(value):
+                self.note(path, "removed", "fail-closed:attachment-type")
+                return None
             return self._object(value, rule, path)
+        if isinstance(rule, FreeText):
+            return self._free_text(value, rule, path)
         if isinstance(rule, Prim):
             return self._primitive(value, rule, path)
         if isinstance(rule, Ref):
@@ -143,6 +180,24 @@ class _Pass:
             return None
         return value
 
+    def _free_text(self, value: Any, rule: FreeText, path: str) -> str | None:
+        """``value`` scrubbed by the free-text engine; removed if it cannot be read."""
+        text = _readable(value, rule.form) if self.scrubber is not None else None
+        if text is None or self.scrubber is None:
+            self.note(path, "removed", "fail-closed:unreadable-text")
+            return None
+        scrubbed = self.scrubber.scrub(text, self.offset)
+        for span in scrubbed.spans:
+            self.note(path, "scrubbed", f"freetext:{span.rule}", span.category.lower())
+        if not scrubbed.spans:
+            self.note(path, "kept", "freetext:nothing-found", "free-text")
+        out = scrubbed.text
+        if rule.form == "xhtml":
+            return _XHTML.format(html.escape(out, quote=False))
+        if rule.form == "base64":
+            return base64.b64encode(out.encode()).decode()
+        return out or None
+
     def _date(self, value: Any, path: str) -> str | None:
         shifted = shift_date(value, self.offset) if isinstance(value, str) else None
         if shifted is None:
@@ -174,11 +229,33 @@ class _Pass:
         return {"reference": new}
 
 
+def _is_plain_text(value: Any) -> bool:
+    content_type = value.get("contentType") if isinstance(value, dict) else None
+    return isinstance(content_type, str) and content_type.split(";")[0].strip() == "text/plain"
+
+
+def _readable(value: Any, form: str) -> str | None:
+    """The text inside ``value`` as the free-text engine should see it, or None."""
+    if not isinstance(value, str):
+        return None
+    if form == "xhtml":
+        return html.unescape(_TAG.sub(" ", value)).strip()
+    if form == "base64":
+        try:
+            return base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return value
+
+
 class Deidentifier:
     """De-identifies FHIR R4 Bundles for one key set; safe to share between threads.
 
     ``pseudonym_key`` derives the subject pseudonym and resource ids; ``dateshift_key``
     the per-patient offset in days, uniform over ``shift_range_days`` (inclusive).
+    ``free_text`` says what happens to free text: ``remove`` (the default), ``tag``
+    (identifiers become ``[NAME]``-style tags) or ``surrogate`` (typed stand-ins chosen
+    with a key derived from ``pseudonym_key``; dates move by the patient's offset).
     ``today`` (for the over-89 rule) is injectable for tests.
     """
 
@@ -189,6 +266,7 @@ class Deidentifier:
         key_version: str = "v1",
         shift_range_days: tuple[int, int] = (-365, -1),
         *,
+        free_text: FreeTextMode = "remove",
         today: Callable[[], date] | None = None,
     ) -> None:
         if len(pseudonym_key) < 16 or len(dateshift_key) < 16:
@@ -200,6 +278,15 @@ class Deidentifier:
         self._version = key_version
         self._range = shift_range_days
         self._today = today or (lambda: datetime.now(UTC).date())
+        if free_text not in ("remove", "tag", "surrogate"):
+            raise ValueError("free_text must be 'remove', 'tag' or 'surrogate'")
+        self.free_text: FreeTextMode = free_text
+        self._resources: Mapping[str, Obj] = RESOURCES
+        self._scrubber: FreeTextScrubber | None = None
+        if free_text != "remove":
+            surrogate_key = hmac.new(pseudonym_key, b"wardgate-surrogate", hashlib.sha256)
+            self._resources = with_free_text(RESOURCES)
+            self._scrubber = FreeTextScrubber(free_text, surrogate_key.digest())
 
     def pseudonym(self, system: str, value: str) -> str:
         """The pseudonym this instance gives an identifier (see ``security.deid.pseudonym``)."""
@@ -228,7 +315,8 @@ class Deidentifier:
         subject = self.pseudonym(identifiers[0]["system"], identifiers[0]["value"])
 
         refs, new_ids = self._reference_map(entries, subject)
-        run = _Pass(refs, date_offset(self._dkey, subject, self._range), self._today())
+        offset = date_offset(self._dkey, subject, self._range)
+        run = _Pass(refs, offset, self._today(), self._scrubber)
         for key in bundle:
             if key not in ("resourceType", "type", "entry"):
                 run.removed("Bundle", str(key))
@@ -238,11 +326,11 @@ class Deidentifier:
         out_entries: list[dict[str, Any]] = []
         for index, _, resource in entries:
             rtype = resource.get("resourceType")
-            if not isinstance(rtype, str) or rtype not in RESOURCES:
+            if not isinstance(rtype, str) or rtype not in self._resources:
                 shown = rtype if isinstance(rtype, str) and rtype in KNOWN_RESOURCE_TYPES else "*"
                 run.note(shown, "removed", "fail-closed:resource-type")
                 continue
-            rule = RESOURCES[rtype]
+            rule = self._resources[rtype]
             body = {k: v for k, v in resource.items() if k not in ("resourceType", "id")}
             kept = run.apply(body, rule, rtype) or {}
             new_id = new_ids[index]
@@ -257,7 +345,7 @@ class Deidentifier:
                     "resource": {"resourceType": rtype, "id": new_id, **kept},
                 }
             )
-        report = [DeidReportEntry(path=p, action=a, rule=r) for p, a, r in run.report]
+        report = run.entries()
         out = {"resourceType": "Bundle", "type": "collection", "entry": out_entries}
         return DeidResult(subject=subject, bundle=out, report=report, identifiers=identifiers)
 

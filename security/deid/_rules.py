@@ -42,7 +42,18 @@ class Obj:
     children: Mapping[str, Rule] = field(default_factory=dict)
 
 
-Rule = Prim | Date | BirthDate | Ref | Obj
+@dataclass(frozen=True)
+class FreeText:
+    """Free text: removed, or kept after the free-text engine has scrubbed it.
+
+    ``form`` says how the text is held: ``plain`` a string, ``xhtml`` a Narrative div
+    (markup dropped, text scrubbed and escaped), ``base64`` an Attachment's data.
+    """
+
+    form: str = "plain"
+
+
+Rule = Prim | Date | BirthDate | Ref | Obj | FreeText
 
 
 def _words(text: str) -> frozenset[str]:
@@ -155,6 +166,44 @@ RESOURCES: Mapping[str, Obj] = {
     ),
 }
 
+# Free text kept when the engine runs with ``free_text="tag"`` or ``"surrogate"``: these
+# children are added to the allowlists above, each scrubbed by the free-text engine. With
+# the default ``"remove"`` they stay off the allowlist and are removed, as before.
+NARRATIVE = Obj(
+    {
+        "status": Prim(str, frozenset({"generated", "extensions", "additional", "empty"})),
+        "div": FreeText("xhtml"),
+    }
+)
+ANNOTATION = Obj({"text": FreeText()})  # author and time could name or date a person
+TEXT_ATTACHMENT = Obj(
+    {
+        "contentType": Prim(str, frozenset({"text/plain", "text/plain; charset=utf-8"})),
+        "data": FreeText("base64"),
+        "title": FreeText(),
+        "creation": Date(),
+    }
+)
+FREE_TEXT: Mapping[str, Mapping[str, Rule]] = {
+    "Patient": {"text": NARRATIVE},
+    "Encounter": {"text": NARRATIVE},
+    "Observation": {"text": NARRATIVE, "note": ANNOTATION, "valueString": FreeText()},
+    "DiagnosticReport": {
+        "text": NARRATIVE,
+        "conclusion": FreeText(),
+        "presentedForm": TEXT_ATTACHMENT,
+    },
+}
+
+
+def with_free_text(resources: Mapping[str, Obj]) -> dict[str, Obj]:
+    """The allowlists with ``FREE_TEXT`` added (for the scrubbing modes)."""
+    return {
+        rtype: Obj({**rule.children, **FREE_TEXT.get(rtype, {})})
+        for rtype, rule in resources.items()
+    }
+
+
 # Why an element is removed, for the report. Anything else: "fail-closed:not-allowlisted".
 _NAMES = "safe-harbor:names"
 _GEO = "safe-harbor:geographic"
@@ -200,11 +249,25 @@ _OTHER_KNOWN = _words(
     effectiveTiming employer religion race ethnicity
     """
 )
+# The Safe Harbor category a report entry's rule belongs to (for per-category counts).
+CATEGORY_OF_RULE: Mapping[str, str] = {
+    _NAMES: "name",
+    _GEO: "geographic",
+    _FREE: "free-text",
+    _IDS: "identifier",
+    "safe-harbor:telecom": "telecom",
+    "safe-harbor:photos": "photo",
+    "safe-harbor:age-over-89": "age",
+    "dateshift:per-patient": "date",
+    "pseudonym:subject": "identifier",
+}
+
 KNOWN_ELEMENTS: frozenset[str] = frozenset(
     {name for rule in RESOURCES.values() for name in rule.children}
     | set(REMOVAL_RULES)
     | _OTHER_KNOWN
     | {name for dt in (CODING, QUANTITY, REFERENCE_RANGE, COMPONENT) for name in dt.children}
+    | {name for dt in (NARRATIVE, TEXT_ATTACHMENT) for name in dt.children}
 )
 
 # FHIR R4 resource types that a report may name when it drops one; others show as ``*``.

@@ -1,0 +1,126 @@
+"""``wardgate deid FILE|-``: de-identify one HL7 v2 message or FHIR JSON document.
+
+The same code the pipeline runs (``to_fhir`` then ``Deidentifier``), with the keys from
+``--data-dir`` like the gateway, so security officers and integration engineers can try
+the engine on their own samples. Nothing is stored: the vault is not written.
+
+``deidentify_input`` is shared with ``POST /deid``. Its errors (``DeidInputError``) say
+what was wrong with the input and never quote it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from gateway._config import Settings, load_settings
+from gateway.normalize import HANDLED_TYPES, NormalizationError, UnsupportedMessageType, to_fhir
+from security.deid import DeidentificationError, Deidentifier, DeidResult, FreeTextMode
+
+InputKind = Literal["hl7v2", "fhir"]
+MAX_INPUT_BYTES = 4 * 1024 * 1024
+
+
+class DeidInputError(ValueError):
+    """The input cannot be de-identified; the message names the problem, never a value."""
+
+
+def sniff(data: bytes) -> InputKind:
+    """HL7 v2 if it starts with MSH (after a BOM, MLLP start byte or blank lines), FHIR
+    JSON if it starts with ``{``."""
+    head = data[:16].lstrip(b"\xef\xbb\xbf\x0b \t\r\n")
+    if head.startswith(b"MSH"):
+        return "hl7v2"
+    if head.startswith(b"{"):
+        return "fhir"
+    raise DeidInputError(
+        "input is neither HL7 v2 (a message starting with MSH) nor FHIR JSON (an object)"
+    )
+
+
+def _fhir_bundle(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError:
+        raise DeidInputError("FHIR JSON must be UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DeidInputError(
+            f"input is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise DeidInputError("FHIR JSON must be a resource: an object with resourceType")
+    if doc["resourceType"] == "Bundle":
+        return doc
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": doc}]}
+
+
+def deidentify_input(
+    data: bytes, deid: Deidentifier, kind: InputKind | None = None, timezone: str = "UTC"
+) -> DeidResult:
+    """HL7 v2 or FHIR JSON bytes -> the de-identified Bundle and its report."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise DeidInputError(f"input is larger than {MAX_INPUT_BYTES} bytes")
+    kind = kind or sniff(data)
+    try:
+        bundle = to_fhir(data, timezone=timezone) if kind == "hl7v2" else _fhir_bundle(data)
+        return deid.deidentify(bundle)
+    except UnsupportedMessageType:
+        handled = ", ".join(sorted(HANDLED_TYPES))
+        raise DeidInputError(f"MSH-9 message type is not handled; handled: {handled}") from None
+    except (NormalizationError, DeidentificationError) as exc:
+        raise DeidInputError(str(exc)) from None  # these messages never carry field values
+
+
+def deidentifier(settings: Settings, free_text: FreeTextMode | None = None) -> Deidentifier:
+    """The pipeline's de-identifier for these settings (keys generated if absent)."""
+    from security import load_keyring
+
+    keys = load_keyring(settings.data_dir, settings.key_files)
+    return Deidentifier(
+        keys.pseudonym,
+        keys.dateshift,
+        keys.pseudonym_version,
+        settings.deid.shift_range_days,
+        free_text=free_text or settings.deid.free_text,
+    )
+
+
+def deid(
+    file: Annotated[str, typer.Argument(metavar="FILE|-", help="HL7 v2 or FHIR JSON; - = stdin")],
+    report: Annotated[
+        bool, typer.Option("--report", help="also print the report (JSON) on stderr")
+    ] = False,
+    free_text: Annotated[
+        str | None,
+        typer.Option(
+            "--free-text",
+            help="remove | tag | surrogate (default: deid.free_text from config, 'remove')",
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where keys live")] = None,
+) -> None:
+    """De-identify one HL7 v2 message or FHIR JSON document; print the FHIR Bundle."""
+    if free_text not in (None, "remove", "tag", "surrogate"):
+        typer.echo("--free-text must be remove, tag or surrogate", err=True)
+        raise typer.Exit(2)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    settings = load_settings(config, data_dir=data_dir)
+    mode: FreeTextMode | None = free_text  # type: ignore[assignment]
+    try:
+        result = deidentify_input(data, deidentifier(settings, mode), timezone=settings.timezone)
+    except DeidInputError as exc:
+        typer.echo(f"not de-identified: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result.bundle, indent=2))
+    if report:
+        entries = [e.model_dump(exclude_none=True) for e in result.report]
+        typer.echo(json.dumps(entries, indent=2), err=True)
