@@ -11,7 +11,7 @@ JSON document and returns the result without storing anything (to try the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +20,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from gateway._admin import admin_router
 from gateway._config import DeidConfig
 from gateway._deid_cli import DeidInputError, InputKind, deidentify_input
 from gateway._journal import Journal
 from gateway._store import Store
 from schemas import PSEUDONYM_SYSTEM
 from security import KeyRing, Vault
+from security.audit import AuditLog
 from security.deid import Deidentifier, FreeTextMode, pseudonym
 
 ADVISORY_TYPES = ("Observation", "RiskAssessment", "Provenance")
@@ -59,6 +61,8 @@ class ApiContext:
     readiness: Callable[[], tuple[bool, dict[str, Any]]]
     deid: DeidConfig = field(default_factory=DeidConfig)
     timezone: str = "UTC"
+    audit: AuditLog | None = None
+    model_modes: Mapping[str, str] = field(default_factory=dict)
 
     def deidentifier(self, free_text: FreeTextMode) -> Deidentifier:
         """The pipeline's de-identifier (same keys and date-shift range)."""
@@ -103,6 +107,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "invalid")
         return outcome(exc.status_code, code, str(exc.detail))
+
+    if ctx.audit is not None:
+        app.include_router(
+            admin_router(
+                ctx.store,
+                ctx.audit,
+                lambda: ctx.readiness()[1]["models"],
+                ctx.model_modes,
+                outcome,
+            )
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -217,6 +232,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "message_type": stored[0] if stored else None,
                 "deidentified": stored[2] if stored else None,
                 "advisories": ctx.store.advisories_for_message(message_id),
+                "shadow_advisories": ctx.store.advisories_for_message(message_id, shadow=True),
             }
         )
 

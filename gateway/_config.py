@@ -41,6 +41,11 @@ class SandboxConfig(BaseModel):
     call_timeout_s: float = 10.0
 
 
+ModelMode = Literal["active", "shadow", "off"]
+"""active: computed and written; shadow: computed and recorded, never written; off: skipped."""
+MODEL_MODES: tuple[ModelMode, ...] = ("active", "shadow", "off")
+
+
 class InferenceConfig(BaseModel):
     batch_max: int = 256
     batch_wait_ms: float = 2.0
@@ -52,6 +57,11 @@ class InferenceConfig(BaseModel):
         description="patients whose NEWS2 uses SpO2 scale 2 (hypercapnic respiratory failure)",
     )
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    model_modes: dict[str, ModelMode] = Field(
+        default_factory=dict,
+        description="per model id; unlisted models are active; PUT /admin/models/{id}/mode "
+        "overrides at run time",
+    )
 
 
 class MllpDestinationConfig(BaseModel):

@@ -61,8 +61,14 @@ class InferStage:
         config_inputs: Mapping[str, Mapping[str, Mapping[str, float]]],
         batch_max: int = 256,
         batch_wait_ms: float = 2.0,
+        default_modes: Mapping[str, str] | None = None,
     ) -> None:
-        """``config_inputs``: model id -> subject pseudonym -> input name -> value."""
+        """``config_inputs``: model id -> subject pseudonym -> input name -> value.
+
+        ``default_modes``: model id -> active / shadow / off from config; an operator's
+        override in the store (``PUT /admin/models/{id}/mode``) wins, read every batch.
+        """
+        self._default_modes = dict(default_modes or {})
         self._store = store
         self._engine = engine
         self._audit = audit
@@ -112,7 +118,8 @@ class InferStage:
             return 0
         started = time.perf_counter()
         records = [DeidentifiedRecord.model_validate_json(e.payload) for e in entries]
-        facts_by_record, requests, reasons = self._features(records)
+        modes = {**self._default_modes, **self._store.model_modes()}
+        facts_by_record, requests, reasons = self._features(records, modes)
         advisories: dict[int, list[Advisory]] = defaultdict(list)
         dead: dict[int, str] = {}
         for model_id, reqs in requests.items():
@@ -128,7 +135,10 @@ class InferStage:
                         reason=res.reason,
                     )
                 else:
-                    advisories[req.message_id].append(build_advisories(manifest, req, res.outputs))
+                    advisory = build_advisories(manifest, req, res.outputs)
+                    if modes.get(model_id) == "shadow":
+                        advisory = advisory.model_copy(update={"shadow": True})
+                    advisories[req.message_id].append(advisory)
             self._metrics.batch_rows.labels(model_id).observe(len(reqs))
         with self._store.transaction() as tx:
             for record, facts in zip(records, facts_by_record, strict=True):
@@ -156,7 +166,7 @@ class InferStage:
         return len(entries)
 
     def _features(
-        self, records: list[DeidentifiedRecord]
+        self, records: list[DeidentifiedRecord], modes: Mapping[str, str]
     ) -> tuple[
         list[list[ObservationFact]], dict[str, list[InferenceRequest]], dict[int, list[str]]
     ]:
@@ -179,6 +189,9 @@ class InferStage:
             triggered = [m for m, wanted in self._triggers.items() if codes & wanted]
             if not triggered:
                 reasons[record.message_id].append("no model uses any of its observation codes")
+            for model_id in [m for m in triggered if modes.get(m) == "off"]:
+                reasons[record.message_id].append(f"{model_id}: switched off")
+                triggered.remove(model_id)
             for model_id in triggered:
                 extractor = self._extractors[model_id]
                 config = self._config_inputs.get(model_id, {}).get(record.subject, {})

@@ -115,6 +115,7 @@ class Pipeline:
                     self._config_inputs(),
                     inference.batch_max,
                     inference.batch_wait_ms,
+                    inference.model_modes,
                 ),
                 wake_infer,
                 wake_writeback,

@@ -170,6 +170,8 @@ class Gateway:
                 self.readiness,
                 deid=self.settings.deid,
                 timezone=self.settings.timezone,
+                audit=self.audit,
+                model_modes=self.settings.inference.model_modes,
             )
         )
         http = _Server(

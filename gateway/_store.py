@@ -10,7 +10,10 @@ Stores beside the topics:
 - ``dispositions``: exactly one row per accepted message (primary key = journal id);
 - ``records``: the de-identified bundle each message became (what the model saw);
 - ``facts``: each subject's de-identified coded observations (the feature history);
-- ``advisories``: advisory FHIR resources, created once and never updated or deleted.
+- ``advisories``: advisory FHIR resources, created once and never updated or deleted
+  (those of a model in shadow mode are recorded but never served or sent);
+- ``model_modes``: per-model overrides (active / shadow / off) set at run time by an
+  operator; the infer stage reads them every batch, so no restart is needed.
 """
 
 from __future__ import annotations
@@ -67,7 +70,13 @@ CREATE TABLE IF NOT EXISTS advisories (
     code_system TEXT,
     code TEXT,
     resource TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    shadow INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS model_modes (
+    model_id TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    changed_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS advisories_search ON advisories (resource_type, subject, code);
 CREATE INDEX IF NOT EXISTS advisories_by_message ON advisories (message_id);
@@ -131,12 +140,15 @@ class Tx:
             ],
         )
 
-    def create_advisory(self, message_id: int, subject: str, resource: dict[str, Any]) -> bool:
+    def create_advisory(
+        self, message_id: int, subject: str, resource: dict[str, Any], shadow: bool = False
+    ) -> bool:
         """Create an advisory resource once; re-creating the same id is a no-op (idempotent)."""
         coding = (resource.get("code") or {}).get("coding") or [{}]
         self._cur.execute(
             "INSERT OR IGNORE INTO advisories (id, resource_type, message_id, subject,"
-            " code_system, code, resource, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " code_system, code, resource, created_at, shadow)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 f"{resource['resourceType']}/{resource['id']}",
                 resource["resourceType"],
@@ -146,9 +158,18 @@ class Tx:
                 coding[0].get("code"),
                 json.dumps(resource, separators=(",", ":")),
                 datetime.now(UTC).isoformat(),
+                int(shadow),
             ),
         )
         return self._cur.rowcount == 1
+
+    def set_model_mode(self, model_id: str, mode: str) -> None:
+        self._cur.execute(
+            "INSERT INTO model_modes (model_id, mode, changed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (model_id) DO UPDATE SET mode = excluded.mode,"
+            " changed_at = excluded.changed_at",
+            (model_id, mode, datetime.now(UTC).isoformat()),
+        )
 
 
 def _ts(moment: datetime) -> str:
@@ -162,7 +183,11 @@ class Store:
         self._path = path
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(advisories)")}
+        if "shadow" not in columns:  # a data dir from before per-model shadow mode
+            conn.execute("ALTER TABLE advisories ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -259,15 +284,22 @@ class Store:
         )
         return None if row is None else (row[0], row[1], json.loads(row[2]))
 
-    def advisories_for_message(self, message_id: int) -> list[dict[str, Any]]:
+    def advisories_for_message(self, message_id: int, shadow: bool = False) -> list[dict[str, Any]]:
+        """The message's written advisories (or, with ``shadow``, those only recorded)."""
         rows = (
             self._conn()
             .execute(
-                "SELECT resource FROM advisories WHERE message_id = ? ORDER BY id", (message_id,)
+                "SELECT resource FROM advisories WHERE message_id = ? AND shadow = ? ORDER BY id",
+                (message_id, int(shadow)),
             )
             .fetchall()
         )
         return [json.loads(r[0]) for r in rows]
+
+    def model_modes(self) -> dict[str, str]:
+        """Operators' per-model overrides (model id -> active / shadow / off)."""
+        rows = self._conn().execute("SELECT model_id, mode FROM model_modes").fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def search_advisories(
         self,
@@ -277,7 +309,7 @@ class Store:
         code: str | None,
         limit: int,
     ) -> list[dict[str, Any]]:
-        sql = "SELECT resource FROM advisories WHERE resource_type = ?"
+        sql = "SELECT resource FROM advisories WHERE resource_type = ? AND shadow = 0"
         args: list[Any] = [resource_type]
         if subject is not None:
             sql += " AND subject = ?"

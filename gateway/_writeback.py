@@ -62,7 +62,9 @@ class WritebackStage:
             for advisories, disposition in batch:
                 for advisory in advisories:
                     for resource in advisory.resources:
-                        tx.create_advisory(disposition.message_id, advisory.subject, resource)
+                        tx.create_advisory(
+                            disposition.message_id, advisory.subject, resource, advisory.shadow
+                        )
                 tx.dispose(disposition)
             tx.commit_offset(CONSUMER, entries[-1].offset)
         for _, disposition in batch:
@@ -77,12 +79,25 @@ class WritebackStage:
         return len(entries)
 
     def _deliver(self, message_id: int, advisories: list[Advisory]) -> Disposition:
-        """Send to each enabled destination (or shadow it) and decide the one outcome."""
+        """Send to each enabled destination (or shadow it) and decide the one outcome.
+
+        Advisories of models in shadow mode are recorded but never written or sent; a
+        message with only those is ``shadowed``.
+        """
+        live = [a for a in advisories if not a.shadow]
+        shadow_models = sorted({a.model_id for a in advisories if a.shadow})
+        if not live:
+            return Disposition(
+                message_id=message_id,
+                outcome=Outcome.SHADOWED,
+                reason=f"model {', '.join(shadow_models)} in shadow mode: computed and recorded,"
+                " not written",
+            )
         sent, shadowed, failed = [STORE_DESTINATION], [], []
         for dest in self._destinations:
             if dest.shadow:
                 shadowed.append(dest.name)
-            elif self._send(dest, message_id, advisories):
+            elif self._send(dest, message_id, live):
                 sent.append(dest.name)
             else:
                 failed.append(dest.name)
@@ -94,7 +109,7 @@ class WritebackStage:
             reason = f"shadow mode: computed and recorded, not sent to {', '.join(shadowed)}"
         else:
             outcome = Outcome.WRITTEN_BACK
-            reason = f"{len(advisories)} advisory(ies) created"
+            reason = f"{len(live)} advisory(ies) created"
         return Disposition(message_id=message_id, outcome=outcome, reason=reason, destinations=sent)
 
     def _send(

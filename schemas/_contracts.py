@@ -141,6 +141,9 @@ class Advisory(_Contract):
     interpretation: str
     explanation: list[str]
     resources: list[dict[str, Any]]
+    shadow: bool = Field(
+        default=False, description="computed by a model in shadow mode: recorded, never written"
+    )
 
 
 class Outcome(StrEnum):
