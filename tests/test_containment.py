@@ -14,6 +14,7 @@ import base64
 import json
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -191,6 +192,27 @@ def test_endless_spin_is_killed_at_the_wall_clock_limit(engine_with: Any) -> Non
     # four timed-out calls (the pair twice, the sentinel alone twice) plus restarts
     assert 4 * LIMITS.call_timeout_s <= elapsed < 15
     assert totals(engine.score_isolating("news2", [request(3)])) == [0.0]
+
+
+def test_endless_spin_is_stopped_by_the_cpu_time_limit_before_the_wall_clock(
+    engine_with: Any,
+) -> None:
+    """RLIMIT_CPU, not the (long) wall-clock limit, ends a worker that burns CPU."""
+    limits = SandboxLimits(
+        memory_bytes=384 << 20,
+        cpu_seconds=2,
+        call_timeout_s=30,
+        start_timeout_s=10,
+        use_gpu=False,
+    )
+    engine = engine_with("MODE_SPIN", f"SENTINEL={SENTINEL}f", limits=limits)
+    started = time.monotonic()
+    [result] = engine.score_isolating("news2", [request(1, respiratory_rate=SENTINEL)])
+    elapsed = time.monotonic() - started
+    assert isinstance(result, RowFailure)
+    assert f"signal {signal.SIGXCPU.value}" in result.reason
+    assert elapsed < limits.call_timeout_s  # no call waited for the wall clock
+    assert totals(engine.score_isolating("news2", [request(2)])) == [0.0]
 
 
 def test_segfault_is_detected_the_worker_restarted_and_the_batch_retried(
