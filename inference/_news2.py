@@ -29,6 +29,7 @@ from inference._manifest import (
     ModelManifest,
     loinc,
 )
+from inference._vitals import RESPIRATORY_RATE, SYSTOLIC_BP, VITALS_WINDOW_H
 
 NEWS2_INPUT = "features"
 
@@ -57,7 +58,6 @@ NEWS2_COMPONENT_OUTPUTS: dict[str, str] = {
 NEWS2_OUTPUTS: tuple[str, ...] = ("total", "band", *NEWS2_COMPONENT_OUTPUTS)
 
 NEWS2_VERSION = "1.0.0"
-_WINDOW_H = 24.0
 
 #: clinical risk band code -> label (RCP 2017, chart 2)
 NEWS2_BAND_LABELS: dict[int, str] = {0: "low", 1: "low-medium", 2: "medium", 3: "high"}
@@ -136,14 +136,7 @@ def news2_manifest() -> ModelManifest:
     - SpO2 scale 2: a ``config`` input, set per patient by configuration, default scale 1.
     """
     inputs = [
-        ModelInput(
-            name="respiratory_rate",
-            kind="quantity",
-            description="respiration rate",
-            codes=[loinc("9279-1", "Respiratory rate")],
-            unit="/min",
-            lookback_hours=_WINDOW_H,
-        ),
+        RESPIRATORY_RATE,
         ModelInput(
             name="spo2",
             kind="quantity",
@@ -153,7 +146,7 @@ def news2_manifest() -> ModelManifest:
                 loinc("2708-6", "Oxygen saturation in Arterial blood"),
             ],
             unit="%",
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
         ModelInput(
             name="on_oxygen",
@@ -164,23 +157,16 @@ def news2_manifest() -> ModelManifest:
                 InputSource(system=SNOMED, code="371825009", display="Patient on oxygen"),
             ],
             value_map={"373066001": 1.0, "373067005": 0.0, "371825009": 1.0, "722742002": 0.0},
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
-        ModelInput(
-            name="systolic_bp",
-            kind="quantity",
-            description="systolic blood pressure",
-            codes=[loinc("8480-6", "Systolic blood pressure")],
-            unit="mm[Hg]",
-            lookback_hours=_WINDOW_H,
-        ),
+        SYSTOLIC_BP,
         ModelInput(
             name="heart_rate",
             kind="quantity",
             description="pulse",
             codes=[loinc("8867-4", "Heart rate")],
             unit="/min",
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
         ModelInput(
             name="temperature",
@@ -188,7 +174,7 @@ def news2_manifest() -> ModelManifest:
             description="body temperature",
             codes=[loinc("8310-5", "Body temperature")],
             unit="Cel",
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
         ModelInput(
             name="acvpu_not_alert",
@@ -202,7 +188,7 @@ def news2_manifest() -> ModelManifest:
                 "450847001": 1.0,
                 "422768004": 1.0,
             },
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
         ModelInput(
             name="spo2_scale2",

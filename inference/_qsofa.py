@@ -30,8 +30,8 @@ from inference._manifest import (
     InputSource,
     ModelInput,
     ModelManifest,
-    loinc,
 )
+from inference._vitals import RESPIRATORY_RATE, SYSTOLIC_BP, VITALS_WINDOW_H
 
 QSOFA_VERSION = "1.0.0"
 QSOFA_INPUT = "features"
@@ -54,7 +54,6 @@ RR_AT_LEAST = 22  # /min
 SBP_AT_MOST = 100  # mm[Hg]
 GCS_BELOW = 15.0
 POSITIVE_AT_LEAST = 2
-_WINDOW_H = 24.0
 # ACVPU (SNOMED CT): alert, new confusion, voice, pain, unresponsive
 _ACVPU = {
     "248234008": 0.0,
@@ -90,14 +89,7 @@ def build_qsofa_model() -> onnx.ModelProto:
 def qsofa_manifest() -> ModelManifest:
     """The manifest of the reference qSOFA model; inputs follow ``QSOFA_COLUMNS``."""
     inputs = [
-        ModelInput(
-            name="respiratory_rate",
-            kind="quantity",
-            description="respiration rate",
-            codes=[loinc("9279-1", "Respiratory rate")],
-            unit="/min",
-            lookback_hours=_WINDOW_H,
-        ),
+        RESPIRATORY_RATE,
         ModelInput(
             name="altered_mentation",
             kind="flag",
@@ -112,16 +104,9 @@ def qsofa_manifest() -> ModelManifest:
                 ),
             ],
             value_map=_ACVPU,
-            lookback_hours=_WINDOW_H,
+            lookback_hours=VITALS_WINDOW_H,
         ),
-        ModelInput(
-            name="systolic_bp",
-            kind="quantity",
-            description="systolic blood pressure",
-            codes=[loinc("8480-6", "Systolic blood pressure")],
-            unit="mm[Hg]",
-            lookback_hours=_WINDOW_H,
-        ),
+        SYSTOLIC_BP,
     ]
     assert [i.name for i in inputs] == list(QSOFA_COLUMNS)
     return ModelManifest(
