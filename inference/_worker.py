@@ -28,6 +28,7 @@ import encodings.idna  # noqa: F401  (imported now: nothing can be imported afte
 import errno
 import fcntl
 import json
+import math
 import os
 import resource
 import socket
@@ -102,7 +103,7 @@ def decode_arrays(payload: bytes | bytearray | memoryview) -> dict[str, npt.NDAr
         shape = struct.unpack_from(f"<{ndim}Q", view, pos)
         pos += 8 * ndim
         dtype = np.dtype(dtype_str)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # np.prod costs ~3 us per array
         if pos + nbytes > len(view):
             raise ValueError("truncated array frame")
         out[name] = np.frombuffer(view[pos : pos + nbytes], dtype=dtype).reshape(shape)
