@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.normalize import escape
+
 AckCode = Literal["AA", "AE", "AR"]
 _counter = itertools.count(1)
 
@@ -46,12 +48,6 @@ _TABLE_0357 = {
     "200": "Unsupported message type",
     "207": "Application internal error",
 }
-
-
-def escape(text: str) -> str:
-    """Escape our own text for the default delimiters |^~\\&."""
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-    return out.replace("~", "\\R\\").replace("&", "\\T\\").replace("\r", " ").replace("\n", " ")
 
 
 def build_ack(

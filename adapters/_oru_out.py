@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from adapters._ack import escape
+from gateway.normalize import escape
 
 
 def _cx(identifier: dict[str, str]) -> str:
