@@ -28,7 +28,7 @@ from gateway._store import Store
 from schemas import PSEUDONYM_SYSTEM
 from security import KeyRing, Vault
 from security.audit import AuditLog
-from security.deid import Deidentifier, FreeTextMode, pseudonym
+from security.deid import BUILTIN_PROFILES, Deidentifier, FreeTextMode, ProfileError, pseudonym
 
 ADVISORY_TYPES = ("Observation", "RiskAssessment", "Provenance")
 FHIR_JSON = "application/fhir+json"
@@ -64,15 +64,9 @@ class ApiContext:
     audit: AuditLog | None = None
     model_modes: Mapping[str, str] = field(default_factory=dict)
 
-    def deidentifier(self, free_text: FreeTextMode) -> Deidentifier:
-        """The pipeline's de-identifier (same keys and date-shift range)."""
-        return Deidentifier(
-            self.keys.pseudonym,
-            self.keys.dateshift,
-            self.keys.pseudonym_version,
-            self.deid.shift_range_days,
-            free_text=free_text,
-        )
+    def deidentifier(self, free_text: FreeTextMode, profile: str | None = None) -> Deidentifier:
+        """The pipeline's de-identifier (same keys, date-shift range and default profile)."""
+        return self.deid.deidentifier(self.keys, free_text=free_text, profile=profile)
 
 
 def outcome(status: int, code: str, text: str) -> JSONResponse:
@@ -179,7 +173,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/deid")
     async def deid(request: Request) -> Response:
-        """De-identify the body (HL7 v2 or FHIR JSON, by Content-Type); store nothing."""
+        """De-identify the body (HL7 v2 or FHIR JSON, by Content-Type); store nothing.
+
+        ``?free_text=`` and ``?profile=`` override the configured ones; ``profile`` is a
+        built-in name or the configured profile, never a file path the caller chooses.
+        """
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         kind = _CONTENT_KINDS.get(content_type)
         if kind is None:
@@ -192,6 +190,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         mode = _FREE_TEXT_MODES.get(request.query_params.get("free_text", ctx.deid.free_text))
         if mode is None:
             return outcome(400, "invalid", "free_text must be remove, tag or surrogate")
+        # A built-in profile or the configured one: never a path chosen by the caller.
+        profile = request.query_params.get("profile", ctx.deid.profile)
+        if profile not in (*BUILTIN_PROFILES, ctx.deid.profile):
+            return outcome(
+                400,
+                "invalid",
+                "profile must be " + ", ".join(BUILTIN_PROFILES) + " or the configured profile",
+            )
         body = await request.body()
         if len(body) > _DEID_MAX_BYTES:
             return outcome(413, "too-costly", f"body is larger than {_DEID_MAX_BYTES} bytes")
@@ -199,8 +205,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return outcome(400, "invalid", "empty body: post one HL7 v2 message or FHIR JSON")
         try:
             result = await run_in_threadpool(
-                deidentify_input, body, ctx.deidentifier(mode), kind, ctx.timezone
+                lambda: deidentify_input(body, ctx.deidentifier(mode, profile), kind, ctx.timezone)
             )
+        except ProfileError as exc:  # the configured file changed since start-up
+            return outcome(500, "exception", str(exc))
         except DeidInputError as exc:
             return outcome(422, "processing", str(exc))
         except Exception as exc:  # its message could quote the body: name the type only

@@ -9,11 +9,15 @@ any destination that is enabled.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:  # imported when used: reading the configuration stays light
+    from security import KeyRing
+    from security.deid import Deidentifier, FreeTextMode
 
 
 class ListenerConfig(BaseModel):
@@ -78,12 +82,49 @@ class WritebackConfig(BaseModel):
 
 
 class DeidConfig(BaseModel):
+    """De-identification settings; ``deidentifier`` is the one way the gateway builds the
+    engine from them, so the pipeline, ``wardgate deid`` and ``POST /deid`` agree."""
+
     shift_range_days: tuple[int, int] = (-365, -1)
     free_text: Literal["remove", "tag", "surrogate"] = Field(
         default="remove",
         description="notes and text values: removed (safe default), or kept with identifiers "
         "replaced by [NAME]-style tags or by typed surrogates",
     )
+    profile: str = Field(
+        default="safe-harbor",
+        description="what survives: safe-harbor (HIPAA Safe Harbor, the default), "
+        "limited-data-set (HIPAA limited data set: only under a data use agreement), "
+        "or a path to a YAML profile (docs/security.md)",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_loads(cls, value: str) -> str:
+        """Refuse a bad profile when the configuration is read, not at the first message."""
+        from security.deid import load_profile
+
+        load_profile(value)  # ProfileError (a ValueError) names the profile and bad path
+        return value
+
+    def deidentifier(
+        self,
+        keys: KeyRing,
+        *,
+        free_text: FreeTextMode | None = None,
+        profile: str | None = None,
+    ) -> Deidentifier:
+        """The engine for these settings and keys; ``free_text``/``profile`` override."""
+        from security.deid import Deidentifier
+
+        return Deidentifier(
+            keys.pseudonym,
+            keys.dateshift,
+            keys.pseudonym_version,
+            self.shift_range_days,
+            free_text=free_text or self.free_text,
+            profile=profile or self.profile,
+        )
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,9 @@
 """``wardgate deid FILE|-``: de-identify one HL7 v2 message or FHIR JSON document.
 
-The same code the pipeline runs (``to_fhir`` then ``Deidentifier``), with the keys from
-``--data-dir`` like the gateway, so security officers and integration engineers can try
-the engine on their own samples. Nothing is stored: the vault is not written.
+The same code the pipeline runs (``to_fhir`` then the ``Deidentifier`` that
+``DeidConfig.deidentifier`` builds, with the profile from config or ``--profile``), with
+the keys from ``--data-dir`` like the gateway, so security officers and integration
+engineers can try the engine on their own samples. Nothing is stored: the vault is not written.
 
 ``deidentify_input`` is shared with ``POST /deid``. Its errors (``DeidInputError``) say
 what was wrong with the input and never quote it.
@@ -19,7 +20,13 @@ import typer
 
 from gateway._config import Settings, load_settings
 from gateway.normalize import HANDLED_TYPES, NormalizationError, UnsupportedMessageType, to_fhir
-from security.deid import DeidentificationError, Deidentifier, DeidResult, FreeTextMode
+from security.deid import (
+    DeidentificationError,
+    Deidentifier,
+    DeidResult,
+    FreeTextMode,
+    ProfileError,
+)
 
 InputKind = Literal["hl7v2", "fhir"]
 MAX_INPUT_BYTES = 4 * 1024 * 1024
@@ -42,7 +49,7 @@ def sniff(data: bytes) -> InputKind:
     )
 
 
-def _fhir_bundle(data: bytes) -> dict[str, Any]:
+def _fhir_json(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except UnicodeDecodeError:
@@ -53,9 +60,7 @@ def _fhir_bundle(data: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         raise DeidInputError("FHIR JSON must be a resource: an object with resourceType")
-    if doc["resourceType"] == "Bundle":
-        return doc
-    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": doc}]}
+    return doc  # a Bundle or one resource: the engine takes either
 
 
 def deidentify_input(
@@ -66,8 +71,8 @@ def deidentify_input(
         raise DeidInputError(f"input is larger than {MAX_INPUT_BYTES} bytes")
     kind = kind or sniff(data)
     try:
-        bundle = to_fhir(data, timezone=timezone) if kind == "hl7v2" else _fhir_bundle(data)
-        return deid.deidentify(bundle)
+        doc = to_fhir(data, timezone=timezone) if kind == "hl7v2" else _fhir_json(data)
+        return deid.deidentify(doc)
     except UnsupportedMessageType:
         handled = ", ".join(sorted(HANDLED_TYPES))
         raise DeidInputError(f"MSH-9 message type is not handled; handled: {handled}") from None
@@ -75,18 +80,14 @@ def deidentify_input(
         raise DeidInputError(str(exc)) from None  # these messages never carry field values
 
 
-def deidentifier(settings: Settings, free_text: FreeTextMode | None = None) -> Deidentifier:
+def deidentifier(
+    settings: Settings, free_text: FreeTextMode | None = None, profile: str | None = None
+) -> Deidentifier:
     """The pipeline's de-identifier for these settings (keys generated if absent)."""
     from security import load_keyring
 
     keys = load_keyring(settings.data_dir, settings.key_files)
-    return Deidentifier(
-        keys.pseudonym,
-        keys.dateshift,
-        keys.pseudonym_version,
-        settings.deid.shift_range_days,
-        free_text=free_text or settings.deid.free_text,
-    )
+    return settings.deid.deidentifier(keys, free_text=free_text, profile=profile)
 
 
 def deid(
@@ -99,6 +100,15 @@ def deid(
         typer.Option(
             "--free-text",
             help="remove | tag | surrogate (default: deid.free_text from config, 'remove')",
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            metavar="NAME|PATH",
+            help="safe-harbor | limited-data-set | a YAML profile "
+            "(default: deid.profile from config, 'safe-harbor')",
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML configuration")] = None,
@@ -116,7 +126,12 @@ def deid(
     settings = load_settings(config, data_dir=data_dir)
     mode: FreeTextMode | None = free_text  # type: ignore[assignment]
     try:
-        result = deidentify_input(data, deidentifier(settings, mode), timezone=settings.timezone)
+        engine = deidentifier(settings, mode, profile)
+    except ProfileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        result = deidentify_input(data, engine, timezone=settings.timezone)
     except DeidInputError as exc:
         typer.echo(f"not de-identified: {exc}", err=True)
         raise typer.Exit(1) from None

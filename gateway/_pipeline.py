@@ -38,7 +38,7 @@ from gateway._writeback import WritebackStage
 from inference import InferenceEngine, SandboxLimits, ensure_reference_bundles
 from security import Vault, load_keyring
 from security.audit import AuditLog
-from security.deid import Deidentifier, pseudonym
+from security.deid import pseudonym
 
 log = get_logger("pipeline")
 STATUS_FILE = "pipeline.status.json"
@@ -82,13 +82,7 @@ class Pipeline:
         self.store = Store(data / "wardgate.db")
         self.vault = Vault(data / "vault.db", self.keys.vault)
         self.engine = self._load_models()
-        deid = Deidentifier(
-            self.keys.pseudonym,
-            self.keys.dateshift,
-            self.keys.pseudonym_version,
-            settings.deid.shift_range_days,
-            free_text=settings.deid.free_text,
-        )
+        deid = settings.deid.deidentifier(self.keys)
         inference = settings.inference
         wake_infer, wake_writeback = threading.Event(), threading.Event()
         self.loops = [

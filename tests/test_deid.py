@@ -231,7 +231,7 @@ def test_clinical_content_on_the_allowlist_is_kept() -> None:
     result = deid().deidentify(make_bundle())
     (patient,) = resources(result, "Patient")
     assert patient["gender"] == "female"
-    assert patient["address"] == [{"state": "MA"}]
+    assert patient["address"] == [{"state": "MA", "postalCode": "902"}]  # ZIP3
     creatinine = next(o for o in resources(result, "Observation") if "valueQuantity" in o)
     assert creatinine["code"] == {
         "coding": [{"system": "http://loinc.org", "code": "2160-0", "display": "Creatinine"}]

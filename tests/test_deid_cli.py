@@ -104,6 +104,43 @@ def test_cli_refuses_bad_input_without_echoing_it(
     assert "QXMRN4821" not in result.output
 
 
+def _patient(stdout: str) -> dict[str, Any]:
+    entries = json.loads(stdout)["entry"]
+    return next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient")
+
+
+def test_cli_profile_chooses_what_survives(tmp_path: Path) -> None:
+    msg = tmp_path / "oru.hl7"
+    msg.write_bytes(HL7)
+    harbor = _run([str(msg), "--data-dir", str(tmp_path)])
+    limited = _run([str(msg), "--profile", "limited-data-set", "--data-dir", str(tmp_path)])
+    assert harbor.exit_code == 0 and limited.exit_code == 0, limited.output
+    assert _patient(harbor.stdout)["address"] == [{"state": "MA", "postalCode": "021"}]
+    assert _patient(limited.stdout)["address"] == [
+        {"city": "Town", "state": "MA", "postalCode": "02139"}
+    ]
+    assert _patient(limited.stdout)["birthDate"] == "1960-01-01"  # unshifted
+    _no_planted(limited.stdout)
+
+
+def test_cli_profile_from_a_file_and_unknown_profiles(tmp_path: Path) -> None:
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("version: 1\nextends: limited-data-set\ndates: shift\n")
+    msg = tmp_path / "oru.hl7"
+    msg.write_bytes(HL7)
+    mine = _run([str(msg), "--profile", str(profile), "--data-dir", str(tmp_path)])
+    assert mine.exit_code == 0, mine.output
+    assert _patient(mine.stdout)["birthDate"] != "1960-01-01"
+    assert _patient(mine.stdout)["address"][0]["city"] == "Town"
+    unknown = _run([str(msg), "--profile", "safe-harbour", "--data-dir", str(tmp_path)])
+    assert unknown.exit_code == 2
+    assert "safe-harbor, limited-data-set" in unknown.stderr
+    profile.write_text("version: 1\nextends: safe-harbor\nresources: {Patient: {name: string}}")
+    bad = _run([str(msg), "--profile", str(profile), "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "resources.Patient.name: a direct identifier cannot be allowlisted" in bad.stderr
+
+
 # -- POST /deid ---------------------------------------------------------------------
 
 
@@ -157,3 +194,21 @@ def test_post_deid_bad_input_is_an_operation_outcome_without_the_input(
     assert r.status_code == status
     assert r.json()["resourceType"] == "OperationOutcome"
     assert "QXMRN4821" not in r.text
+
+
+def test_post_deid_profile_is_a_builtin_or_the_configured_one(client: TestClient) -> None:
+    hl7 = {"content-type": "x-application/hl7-v2+er7"}
+    r = client.post("/deid?profile=limited-data-set&free_text=remove", content=HL7, headers=hl7)
+    assert r.status_code == 200
+    patient = next(
+        e["resource"]
+        for e in r.json()["bundle"]["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    )
+    assert patient["address"] == [{"city": "Town", "state": "MA", "postalCode": "02139"}]
+    _no_planted(r.text)
+    for bad in ("/etc/passwd", "safe-harbour", "../profiles/safe-harbor.yaml"):
+        refused = client.post("/deid", params={"profile": bad}, content=HL7, headers=hl7)
+        assert refused.status_code == 400
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        assert bad not in refused.text

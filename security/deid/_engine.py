@@ -1,9 +1,9 @@
-"""The FHIR R4 Bundle de-identification engine: one pass, allowlist-driven, fail closed.
+"""The FHIR R4 de-identification engine: one pass, profile-driven, fail closed.
 
 Order matters: find the patient and derive the pseudonym first (no pseudonym, no output),
 then map every entry to its new id so references can be rewritten, then walk each
-resource through its allowlist. The input is never mutated and no removed value is
-copied into the report or into an error.
+resource through the allowlist its profile compiled to (``_profile``, ``_walk``). The
+input is never mutated and no removed value is copied into the report or into an error.
 
 Free text (notes, ``valueString``, conclusions, narratives, text attachments) is removed
 by default (``free_text="remove"``); with ``"tag"`` or ``"surrogate"`` it is kept after
@@ -12,44 +12,24 @@ the free-text engine (``_freetext``) has replaced what it finds.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import html
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from schemas import DeidentifiedRecord, DeidReportEntry
-from security.deid._dates import oldest_possible_age, shift_date
 from security.deid._errors import DeidentificationError
 from security.deid._freetext import FreeTextScrubber
 from security.deid._keyed import date_offset, pseudonym, resource_id
-from security.deid._rules import (
-    CATEGORY_OF_RULE,
-    KNOWN_ELEMENTS,
-    KNOWN_RESOURCE_TYPES,
-    REMOVAL_RULES,
-    RESOURCES,
-    TEXT_ATTACHMENT,
-    BirthDate,
-    FreeText,
-    Obj,
-    Prim,
-    Ref,
-    Rule,
-    with_free_text,
-)
+from security.deid._profile import DEFAULT_PROFILE, Profile, known_elements, load_profile
+from security.deid._rules import KNOWN_RESOURCE_TYPES, Obj
+from security.deid._walk import Walk
 
-_MAX_AGE = 89
 _MR = "MR"
-_Action = Literal["removed", "pseudonymized", "shifted", "generalized", "scrubbed", "kept"]
 FreeTextMode = Literal["remove", "tag", "surrogate"]
-_TAG = re.compile(r"<[^>]*>")
-_XHTML = '<div xmlns="http://www.w3.org/1999/xhtml">{}</div>'
 
 
 @dataclass(frozen=True)
@@ -98,164 +78,29 @@ def _patient_identifiers(patient: Mapping[str, Any]) -> list[dict[str, str]]:
     return pairs
 
 
-class _Pass:
-    """State of one ``deidentify`` call: the reference map, the offset, the report."""
-
-    def __init__(
-        self,
-        refs: Mapping[str, str],
-        offset: int,
-        today: date,
-        scrubber: FreeTextScrubber | None,
-    ) -> None:
-        self.refs = refs
-        self.offset = offset
-        self.today = today
-        self.scrubber = scrubber
-        self.report: dict[tuple[str, _Action, str, str | None], int] = {}  # ordered counts
-
-    def note(self, path: str, action: _Action, rule: str, category: str | None = None) -> None:
-        key = (path, action, rule, category or CATEGORY_OF_RULE.get(rule))
-        self.report[key] = self.report.get(key, 0) + 1
-
-    def entries(self) -> list[DeidReportEntry]:
-        return [
-            DeidReportEntry(path=p, action=a, rule=r, category=c, count=n)
-            for (p, a, r, c), n in self.report.items()
-        ]
-
-    def removed(self, path: str, key: str) -> None:
-        if key in KNOWN_ELEMENTS:
-            self.note(
-                f"{path}.{key}", "removed", REMOVAL_RULES.get(key, "fail-closed:not-allowlisted")
-            )
-        else:
-            self.note(f"{path}.*", "removed", "fail-closed:unknown-element")
-
-    def apply(self, value: Any, rule: Rule, path: str) -> Any:
-        """``value`` kept under ``rule``, or None when nothing of it may be kept."""
-        if isinstance(value, list):
-            kept = [k for k in (self.apply(v, rule, path) for v in value) if k is not None]
-            return kept or None
-        if isinstance(rule, Obj):
-            if rule is TEXT_ATTACHMENT and not _is_plain_text(value):
-                self.note(path, "removed", "fail-closed:attachment-type")
-                return None
-            return self._object(value, rule, path)
-        if isinstance(rule, FreeText):
-            return self._free_text(value, rule, path)
-        if isinstance(rule, Prim):
-            return self._primitive(value, rule, path)
-        if isinstance(rule, Ref):
-            return self._reference(value, path)
-        if isinstance(rule, BirthDate):
-            return self._birth_date(value, path)
-        return self._date(value, path)
-
-    def _object(self, value: Any, rule: Obj, path: str) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.note(path, "removed", "fail-closed:wrong-type")
-            return None
-        out: dict[str, Any] = {}
-        for key, child in value.items():
-            sub = rule.children.get(key) if isinstance(key, str) else None
-            if sub is None:
-                self.removed(path, str(key))
-                continue
-            kept = self.apply(child, sub, f"{path}.{key}")
-            if kept is not None:
-                out[key] = kept
-        return out or None
-
-    def _primitive(self, value: Any, rule: Prim, path: str) -> Any:
-        if rule.kind is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, rule.kind)
-        if not ok:
-            self.note(path, "removed", "fail-closed:wrong-type")
-            return None
-        if rule.values and value not in rule.values:
-            self.note(path, "removed", "fail-closed:value-set")
-            return None
-        return value
-
-    def _free_text(self, value: Any, rule: FreeText, path: str) -> str | None:
-        """``value`` scrubbed by the free-text engine; removed if it cannot be read."""
-        text = _readable(value, rule.form) if self.scrubber is not None else None
-        if text is None or self.scrubber is None:
-            self.note(path, "removed", "fail-closed:unreadable-text")
-            return None
-        scrubbed = self.scrubber.scrub(text, self.offset)
-        for span in scrubbed.spans:
-            self.note(path, "scrubbed", f"freetext:{span.rule}", span.category.lower())
-        if not scrubbed.spans:
-            self.note(path, "kept", "freetext:nothing-found", "free-text")
-        out = scrubbed.text
-        if rule.form == "xhtml":
-            return _XHTML.format(html.escape(out, quote=False))
-        if rule.form == "base64":
-            return base64.b64encode(out.encode()).decode()
-        return out or None
-
-    def _date(self, value: Any, path: str) -> str | None:
-        shifted = shift_date(value, self.offset) if isinstance(value, str) else None
-        if shifted is None:
-            self.note(path, "removed", "fail-closed:unparseable-date")
-            return None
-        self.note(path, "shifted", "dateshift:per-patient")
-        return shifted
-
-    def _birth_date(self, value: Any, path: str) -> str | None:
-        age = oldest_possible_age(value, self.today) if isinstance(value, str) else None
-        if age is not None and age > _MAX_AGE:
-            self.note(path, "generalized", "safe-harbor:age-over-89")
-            return None
-        return self._date(value, path)
-
-    def _reference(self, value: Any, path: str) -> dict[str, str] | None:
-        if not isinstance(value, dict):
-            self.note(path, "removed", "fail-closed:wrong-type")
-            return None
-        for key in value:
-            if key != "reference":
-                self.removed(path, str(key))
-        target = value.get("reference")
-        new = self.refs.get(target) if isinstance(target, str) else None
-        if new is None:
-            self.note(f"{path}.reference", "removed", "fail-closed:unresolved-reference")
-            return None
-        self.note(f"{path}.reference", "pseudonymized", "pseudonym:reference")
-        return {"reference": new}
-
-
-def _is_plain_text(value: Any) -> bool:
-    content_type = value.get("contentType") if isinstance(value, dict) else None
-    return isinstance(content_type, str) and content_type.split(";")[0].strip() == "text/plain"
-
-
-def _readable(value: Any, form: str) -> str | None:
-    """The text inside ``value`` as the free-text engine should see it, or None."""
-    if not isinstance(value, str):
-        return None
-    if form == "xhtml":
-        return html.unescape(_TAG.sub(" ", value)).strip()
-    if form == "base64":
-        try:
-            return base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-    return value
+def _as_bundle(document: Any) -> Mapping[str, Any]:
+    """The Bundle to walk: ``document`` itself, or a single resource wrapped in one."""
+    rtype = document.get("resourceType") if isinstance(document, Mapping) else None
+    if not isinstance(rtype, str):
+        raise DeidentificationError(
+            "input is not a FHIR resource or Bundle: expected an object with resourceType"
+        )
+    if rtype == "Bundle":
+        return document  # type: ignore[no-any-return]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": document}]}
 
 
 class Deidentifier:
-    """De-identifies FHIR R4 Bundles for one key set; safe to share between threads.
+    """De-identifies FHIR R4 resources and Bundles for one key set and profile; safe to
+    share between threads.
 
     ``pseudonym_key`` derives the subject pseudonym and resource ids; ``dateshift_key``
     the per-patient offset in days, uniform over ``shift_range_days`` (inclusive).
     ``free_text`` says what happens to free text: ``remove`` (the default), ``tag``
     (identifiers become ``[NAME]``-style tags) or ``surrogate`` (typed stand-ins chosen
     with a key derived from ``pseudonym_key``; dates move by the patient's offset).
+    ``profile`` is a built-in profile name (``safe-harbor``, ``limited-data-set``), a
+    path to a YAML profile, or a loaded ``Profile``; it is compiled once, here.
     ``today`` (for the over-89 rule) is injectable for tests.
     """
 
@@ -267,6 +112,7 @@ class Deidentifier:
         shift_range_days: tuple[int, int] = (-365, -1),
         *,
         free_text: FreeTextMode = "remove",
+        profile: str | Path | Profile = DEFAULT_PROFILE,
         today: Callable[[], date] | None = None,
     ) -> None:
         if len(pseudonym_key) < 16 or len(dateshift_key) < 16:
@@ -281,21 +127,26 @@ class Deidentifier:
         if free_text not in ("remove", "tag", "surrogate"):
             raise ValueError("free_text must be 'remove', 'tag' or 'surrogate'")
         self.free_text: FreeTextMode = free_text
-        self._resources: Mapping[str, Obj] = RESOURCES
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        self._known = known_elements(self.profile)
+        self._resources: Mapping[str, Obj] = self.profile.resources
         self._scrubber: FreeTextScrubber | None = None
         if free_text != "remove":
             surrogate_key = hmac.new(pseudonym_key, b"wardgate-surrogate", hashlib.sha256)
-            self._resources = with_free_text(RESOURCES)
+            self._resources = self.profile.scrubbed
             self._scrubber = FreeTextScrubber(free_text, surrogate_key.digest())
 
     def pseudonym(self, system: str, value: str) -> str:
         """The pseudonym this instance gives an identifier (see ``security.deid.pseudonym``)."""
         return pseudonym(self._pkey, self._version, system, value)
 
-    def deidentify(self, bundle: Mapping[str, Any]) -> DeidResult:
-        """A new de-identified Bundle; raises ``DeidentificationError`` rather than leak."""
-        if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
-            raise DeidentificationError("input is not a FHIR Bundle: expected resourceType Bundle")
+    def deidentify(self, document: Mapping[str, Any]) -> DeidResult:
+        """A new de-identified Bundle; raises ``DeidentificationError`` rather than leak.
+
+        ``document`` is a Bundle or a single resource (de-identified as a one-entry
+        Bundle, so it must be, or come with, the Patient that gives the pseudonym).
+        """
+        bundle = _as_bundle(document)
         raw_entries = bundle.get("entry", [])
         if not isinstance(raw_entries, list):
             raise DeidentificationError("Bundle.entry must be a list of entries")
@@ -316,7 +167,7 @@ class Deidentifier:
 
         refs, new_ids = self._reference_map(entries, subject)
         offset = date_offset(self._dkey, subject, self._range)
-        run = _Pass(refs, offset, self._today(), self._scrubber)
+        run = Walk(refs, offset, self._today(), self._scrubber, self._known)
         for key in bundle:
             if key not in ("resourceType", "type", "entry"):
                 run.removed("Bundle", str(key))
@@ -332,7 +183,7 @@ class Deidentifier:
                 continue
             rule = self._resources[rtype]
             body = {k: v for k, v in resource.items() if k not in ("resourceType", "id")}
-            kept = run.apply(body, rule, rtype) or {}
+            kept = run.object(body, rule, rtype) or {}
             new_id = new_ids[index]
             run.note(
                 f"{rtype}.id",
@@ -357,7 +208,7 @@ class Deidentifier:
         new_ids: dict[int, str] = {}
         for index, full_url, resource in entries:
             rtype = resource.get("resourceType")
-            if not isinstance(rtype, str) or rtype not in RESOURCES:
+            if not isinstance(rtype, str) or rtype not in self._resources:
                 continue
             old_id = resource.get("id")
             forms = [f for f in (full_url,) if isinstance(f, str) and f]

@@ -1,9 +1,12 @@
-"""What survives de-identification: per resource type, an allowlist of elements.
+"""The compiled form of a de-identification profile, and how the report names removals.
 
-Fail closed: an element, resource type, code or value not named here is removed and
-reported. Nested data types are allowlisted too, so an unexpected ``text``, ``display``
-or extension inside an allowed element is removed as well. Changing a list here changes
-what models may see: review it as a privacy decision, not a refactor.
+A profile (YAML, ``security/deid/profiles/``) is compiled once by ``_profile`` into a
+tree of the rules below; the engine walks each resource through that tree for every
+message, so no YAML is read per message. Fail closed: an element, extension, resource
+type or code that the tree does not name is removed and reported.
+
+The tables here say how a removal is reported. They never decide what is kept: that is
+the profile's job, and it is reviewed as a privacy decision.
 """
 
 from __future__ import annotations
@@ -22,12 +25,18 @@ class Prim:
 
 @dataclass(frozen=True)
 class Date:
-    """A date/dateTime/instant: shifted by the patient's offset."""
+    """A date/dateTime/instant: shifted by the patient's offset, or kept (``shift=False``)."""
+
+    shift: bool = True
 
 
 @dataclass(frozen=True)
 class BirthDate:
-    """Patient.birthDate: shifted, or removed when the age could be over 89."""
+    """Patient.birthDate: a ``Date`` that, with ``aggregate``, is replaced by the age
+    group "90 or older" when the patient could be over 89."""
+
+    shift: bool = True
+    aggregate: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,33 @@ class Ref:
 
 
 @dataclass(frozen=True)
+class PostalCode:
+    """A US ZIP code cut to ``digits`` (3 or 5); a ZIP3 in ``restricted`` becomes "000".
+
+    Anything that is not a US ZIP (5 digits, optionally +4) is removed.
+    """
+
+    digits: int
+    restricted: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Obj:
-    """A complex element: keep only the named children, each by its own rule."""
+    """A complex element: keep only the named children, each by its own rule.
+
+    ``text_only``: the element carries base64 free text, so it is kept only when its
+    ``contentType`` says text/plain (never scrub bytes we cannot read as text).
+    """
 
     children: Mapping[str, Rule] = field(default_factory=dict)
+    text_only: bool = False
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """``extension``: only the listed URLs survive, each value by its own rule."""
+
+    by_url: Mapping[str, Obj]
 
 
 @dataclass(frozen=True)
@@ -53,155 +85,11 @@ class FreeText:
     form: str = "plain"
 
 
-Rule = Prim | Date | BirthDate | Ref | Obj | FreeText
+Rule = Prim | Date | BirthDate | Ref | PostalCode | Obj | Extensions | FreeText
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
-
-
-STR = Prim(str)
-NUM = Prim(float)  # JSON numbers: int or float, never bool
-BOOL = Prim(bool)
-
-CODING = Obj({"system": STR, "version": STR, "code": STR, "display": STR})
-CODEABLE = Obj({"coding": CODING})  # ``text`` is free text: removed
-QUANTITY = Obj(
-    {
-        "value": NUM,
-        "comparator": Prim(str, frozenset({"<", "<=", ">=", ">"})),
-        "unit": STR,
-        "system": STR,
-        "code": STR,
-    }
-)
-RANGE = Obj({"low": QUANTITY, "high": QUANTITY})
-RATIO = Obj({"numerator": QUANTITY, "denominator": QUANTITY})
-PERIOD = Obj({"start": Date(), "end": Date()})
-REFERENCE_RANGE = Obj(
-    {"low": QUANTITY, "high": QUANTITY, "type": CODEABLE, "appliesTo": CODEABLE, "age": RANGE}
-)
-_VALUES: dict[str, Rule] = {
-    "valueQuantity": QUANTITY,
-    "valueCodeableConcept": CODEABLE,
-    "valueBoolean": BOOL,
-    "valueInteger": NUM,
-    "valueRange": RANGE,
-    "valueRatio": RATIO,
-    "valueDateTime": Date(),
-    "valuePeriod": PERIOD,
-}
-COMPONENT = Obj(
-    {
-        "code": CODEABLE,
-        **_VALUES,
-        "dataAbsentReason": CODEABLE,
-        "interpretation": CODEABLE,
-        "referenceRange": REFERENCE_RANGE,
-    }
-)
-
-OBSERVATION_STATUS = _words(
-    "registered preliminary final amended corrected cancelled entered-in-error unknown"
-)
-ENCOUNTER_STATUS = _words(
-    "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
-)
-REPORT_STATUS = _words(
-    "registered partial preliminary final amended corrected appended cancelled "
-    "entered-in-error unknown"
-)
-GENDER = frozenset({"male", "female", "other", "unknown"})
-
-RESOURCES: Mapping[str, Obj] = {
-    "Patient": Obj(
-        {
-            "gender": Prim(str, GENDER),
-            "birthDate": BirthDate(),
-            "deceasedBoolean": BOOL,
-            "deceasedDateTime": Date(),
-            "address": Obj({"state": STR}),
-        }
-    ),
-    "Encounter": Obj(
-        {
-            "status": Prim(str, ENCOUNTER_STATUS),
-            "class": CODING,
-            "subject": Ref(),
-            "period": PERIOD,
-        }
-    ),
-    "Observation": Obj(
-        {
-            "status": Prim(str, OBSERVATION_STATUS),
-            "category": CODEABLE,
-            "code": CODEABLE,
-            "subject": Ref(),
-            "encounter": Ref(),
-            "effectiveDateTime": Date(),
-            "effectivePeriod": PERIOD,
-            "effectiveInstant": Date(),
-            "issued": Date(),
-            **_VALUES,
-            "dataAbsentReason": CODEABLE,
-            "interpretation": CODEABLE,
-            "referenceRange": REFERENCE_RANGE,
-            "component": COMPONENT,
-            "hasMember": Ref(),
-        }
-    ),
-    "DiagnosticReport": Obj(
-        {
-            "status": Prim(str, REPORT_STATUS),
-            "category": CODEABLE,
-            "code": CODEABLE,
-            "subject": Ref(),
-            "encounter": Ref(),
-            "effectiveDateTime": Date(),
-            "effectivePeriod": PERIOD,
-            "issued": Date(),
-            "result": Ref(),
-            "conclusionCode": CODEABLE,
-        }
-    ),
-}
-
-# Free text kept when the engine runs with ``free_text="tag"`` or ``"surrogate"``: these
-# children are added to the allowlists above, each scrubbed by the free-text engine. With
-# the default ``"remove"`` they stay off the allowlist and are removed, as before.
-NARRATIVE = Obj(
-    {
-        "status": Prim(str, frozenset({"generated", "extensions", "additional", "empty"})),
-        "div": FreeText("xhtml"),
-    }
-)
-ANNOTATION = Obj({"text": FreeText()})  # author and time could name or date a person
-TEXT_ATTACHMENT = Obj(
-    {
-        "contentType": Prim(str, frozenset({"text/plain", "text/plain; charset=utf-8"})),
-        "data": FreeText("base64"),
-        "title": FreeText(),
-        "creation": Date(),
-    }
-)
-FREE_TEXT: Mapping[str, Mapping[str, Rule]] = {
-    "Patient": {"text": NARRATIVE},
-    "Encounter": {"text": NARRATIVE},
-    "Observation": {"text": NARRATIVE, "note": ANNOTATION, "valueString": FreeText()},
-    "DiagnosticReport": {
-        "text": NARRATIVE,
-        "conclusion": FreeText(),
-        "presentedForm": TEXT_ATTACHMENT,
-    },
-}
-
-
-def with_free_text(resources: Mapping[str, Obj]) -> dict[str, Obj]:
-    """The allowlists with ``FREE_TEXT`` added (for the scrubbing modes)."""
-    return {
-        rtype: Obj({**rule.children, **FREE_TEXT.get(rtype, {})})
-        for rtype, rule in resources.items()
-    }
 
 
 # Why an element is removed, for the report. Anything else: "fail-closed:not-allowlisted".
@@ -234,9 +122,16 @@ REMOVAL_RULES: Mapping[str, str] = {
     "meta": "fail-closed:metadata",
 }
 
-# Element names that may appear in a report path. A key outside this set is sender-chosen
-# and could itself be a value, so the report shows it as ``*``.
-_OTHER_KNOWN = _words(
+# Elements that carry a direct identifier under both Safe Harbor and the limited data
+# set, whatever resource they sit in. A profile that allowlists one is refused at load.
+DIRECT_IDENTIFIERS: frozenset[str] = frozenset(
+    {"name", "identifier", "telecom", "line", "contact", "photo", "modifierExtension"}
+)
+
+# Element names that may appear in a report path. A key outside this set (and outside
+# the profile's own element names) is sender-chosen and could itself be a value, so the
+# report shows it as ``*``.
+KNOWN_ELEMENTS: frozenset[str] = frozenset(REMOVAL_RULES) | _words(
     """
     implicitRules language active maritalStatus multipleBirthBoolean multipleBirthInteger
     communication generalPractitioner managingOrganization link relationship organization
@@ -246,9 +141,16 @@ _OTHER_KNOWN = _words(
     serviceProvider partOf focus performer specimen device method bodySite derivedFrom
     valueTime valueSampledData valueString resultsInterpreter imagingStudy media
     presentedForm url id resourceType fullUrl request response search timestamp total
-    effectiveTiming employer religion race ethnicity
+    effectiveTiming employer religion race ethnicity gender birthDate deceasedBoolean
+    deceasedDateTime status class subject encounter effectiveDateTime effectivePeriod
+    effectiveInstant issued valueQuantity valueCodeableConcept valueBoolean valueInteger
+    valueRange valueRatio valueDateTime valuePeriod dataAbsentReason interpretation
+    referenceRange component hasMember category code result conclusionCode version
+    comparator unit low high appliesTo age start end numerator denominator div
+    contentType data title creation
     """
 )
+
 # The Safe Harbor category a report entry's rule belongs to (for per-category counts).
 CATEGORY_OF_RULE: Mapping[str, str] = {
     _NAMES: "name",
@@ -258,19 +160,17 @@ CATEGORY_OF_RULE: Mapping[str, str] = {
     "safe-harbor:telecom": "telecom",
     "safe-harbor:photos": "photo",
     "safe-harbor:age-over-89": "age",
+    "safe-harbor:zip3": "geographic",
+    "safe-harbor:zip3-restricted": "geographic",
+    "limited-data-set:zip5": "geographic",
+    "limited-data-set:dates": "date",
+    "fail-closed:not-a-us-zip": "geographic",
     "dateshift:per-patient": "date",
     "pseudonym:subject": "identifier",
 }
 
-KNOWN_ELEMENTS: frozenset[str] = frozenset(
-    {name for rule in RESOURCES.values() for name in rule.children}
-    | set(REMOVAL_RULES)
-    | _OTHER_KNOWN
-    | {name for dt in (CODING, QUANTITY, REFERENCE_RANGE, COMPONENT) for name in dt.children}
-    | {name for dt in (NARRATIVE, TEXT_ATTACHMENT) for name in dt.children}
-)
-
 # FHIR R4 resource types that a report may name when it drops one; others show as ``*``.
+# A profile may allowlist only these.
 KNOWN_RESOURCE_TYPES = _words(
     """
     Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment
