@@ -1,4 +1,4 @@
-"""``wardgate deid FILE|-``: de-identify one HL7 v2 message or FHIR JSON document.
+"""``wardgate deid FILE|-``: de-identify one HL7 v2 message, FHIR JSON document or DICOM file.
 
 The same code the pipeline runs (``to_fhir`` then the ``Deidentifier`` that
 ``DeidConfig.deidentifier`` builds, with the profile from config or ``--profile``), with
@@ -6,7 +6,9 @@ the keys from ``--data-dir`` like the gateway, so security officers and integrat
 engineers can try the engine on their own samples. Nothing is stored: the vault is not written.
 
 ``deidentify_input`` is shared with ``POST /deid``. Its errors (``DeidInputError``) say
-what was wrong with the input and never quote it.
+what was wrong with the input and never quote it. A DICOM Part 10 file (``DICM`` after
+the 128-byte preamble) goes through ``security.deid.dicom`` instead, with the same
+pseudonym and date-shift keys, and is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ from security.deid import (
 )
 
 InputKind = Literal["hl7v2", "fhir"]
+DicomDates = Literal["remove", "shift"]
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 
 class DeidInputError(ValueError):
     """The input cannot be de-identified; the message names the problem, never a value."""
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: a 128-byte preamble, then ``DICM``."""
+    return data[128:132] == b"DICM"
 
 
 def sniff(data: bytes) -> InputKind:
@@ -111,10 +119,28 @@ def deid(
             "(default: deid.profile from config, 'safe-harbor')",
         ),
     ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="DICOM input: where to write the result")
+    ] = None,
+    dicom_dates: Annotated[
+        str,
+        typer.Option(
+            "--dicom-dates",
+            help="DICOM input: remove (Basic Profile) | shift (by the patient's offset)",
+        ),
+    ] = "remove",
+    issuer_system: Annotated[
+        str | None,
+        typer.Option(
+            "--issuer-system",
+            help="DICOM input: the PatientID system when IssuerOfPatientID is empty",
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML configuration")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where keys live")] = None,
 ) -> None:
-    """De-identify one HL7 v2 message or FHIR JSON document; print the FHIR Bundle."""
+    """De-identify one HL7 v2 message or FHIR JSON document and print the FHIR Bundle, or
+    one DICOM file and write it to --out."""
     if free_text not in (None, "remove", "tag", "surrogate"):
         typer.echo("--free-text must be remove, tag or surrogate", err=True)
         raise typer.Exit(2)
@@ -124,6 +150,14 @@ def deid(
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
     settings = load_settings(config, data_dir=data_dir)
+    if is_dicom(data):
+        if dicom_dates not in ("remove", "shift"):
+            typer.echo("--dicom-dates must be remove or shift", err=True)
+            raise typer.Exit(2)
+        entries = _deid_dicom(data, settings, out, dicom_dates == "shift", issuer_system)
+        if report:
+            typer.echo(json.dumps(entries, indent=2), err=True)
+        return
     mode: FreeTextMode | None = free_text  # type: ignore[assignment]
     try:
         engine = deidentifier(settings, mode, profile)
@@ -139,3 +173,41 @@ def deid(
     if report:
         entries = [e.model_dump(exclude_none=True) for e in result.report]
         typer.echo(json.dumps(entries, indent=2), err=True)
+
+
+def _deid_dicom(
+    data: bytes, settings: Settings, out: Path | None, shift_dates: bool, system: str | None
+) -> list[dict[str, Any]]:
+    """De-identify one DICOM file to ``out``; the report entries. Exits on bad input."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from security import load_keyring
+    from security.deid.dicom import DicomDeidentifier
+
+    if out is None:
+        typer.echo("DICOM input needs --out PATH for the de-identified file", err=True)
+        raise typer.Exit(2)
+    keys = load_keyring(settings.data_dir, settings.key_files)
+    engine = DicomDeidentifier(
+        keys.pseudonym,
+        keys.dateshift,
+        keys.pseudonym_version,
+        settings.deid.shift_range_days,
+        default_issuer_system=system,
+        retain_modified_dates=shift_dates,
+    )
+    try:
+        dataset = dcmread(BytesIO(data))
+    except (InvalidDicomError, ValueError, EOFError, OSError):
+        typer.echo("not de-identified: the file is not readable DICOM", err=True)
+        raise typer.Exit(1) from None
+    try:
+        result = engine.deidentify(dataset)
+    except DeidentificationError as exc:  # its messages never carry a value
+        typer.echo(f"not de-identified: {exc}", err=True)
+        raise typer.Exit(1) from None
+    result.dataset.save_as(out, enforce_file_format=True)
+    return [e.model_dump(exclude_none=True) for e in result.report]

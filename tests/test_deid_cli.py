@@ -144,6 +144,47 @@ def test_cli_profile_from_a_file_and_unknown_profiles(tmp_path: Path) -> None:
 # -- POST /deid ---------------------------------------------------------------------
 
 
+def _dicom_file(path: Path) -> Path:
+    """pydicom's CT_small with the planted MRN and name and an issuer, as a Part 10 file."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.PatientID, ds.PatientName, ds.IssuerOfPatientID = "QXMRN4821", "ZYXWFAMILY^QWERTGIVEN", ""
+    ds.StudyDate = "20240301"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_cli_deidentifies_a_dicom_file_with_the_fhir_engines_pseudonym(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    src, out = _dicom_file(tmp_path / "in.dcm"), tmp_path / "out.dcm"
+    data = tmp_path / "data"
+    args = [str(src), "--out", str(out), "--issuer-system", "urn:mrn", "--data-dir", str(data)]
+    result = _run([*args, "--dicom-dates", "shift", "--report"])
+    assert result.exit_code == 0, result.output
+    written = out.read_bytes()
+    _no_planted(written.decode("latin-1") + result.output)
+    ds = dcmread(out)
+    keys = load_keyring(data)
+    expected = DeidConfig().deidentifier(keys).pseudonym("urn:mrn", "QXMRN4821")
+    assert ds.PatientID == expected and ds.PatientIdentityRemoved == "YES"
+    assert ds.StudyDate != "20240301" and ds.StudyDate[:2] in ("20", "19")  # shifted, kept
+    assert any(e["path"] == "PatientName" for e in json.loads(result.stderr))
+
+
+def test_cli_dicom_needs_an_out_path_and_a_patient_system(tmp_path: Path) -> None:
+    src = _dicom_file(tmp_path / "in.dcm")
+    data = ["--data-dir", str(tmp_path / "data")]
+    no_out = _run([str(src), *data])
+    assert no_out.exit_code == 2 and "--out" in no_out.stderr
+    no_system = _run([str(src), "--out", str(tmp_path / "o.dcm"), *data])
+    assert no_system.exit_code == 1 and "default_issuer_system" in no_system.stderr
+    assert not (tmp_path / "o.dcm").exists()
+    _no_planted(no_system.output)
+
+
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
     ctx = ApiContext(
