@@ -28,7 +28,7 @@ from gateway._store import Store
 from schemas import PSEUDONYM_SYSTEM
 from security import KeyRing, Vault
 from security.audit import AuditLog
-from security.deid import BUILTIN_PROFILES, Deidentifier, FreeTextMode, ProfileError, pseudonym
+from security.deid import BUILTIN_PROFILES, Deidentifier, FreeTextMode, ProfileError
 
 ADVISORY_TYPES = ("Observation", "RiskAssessment", "Provenance")
 FHIR_JSON = "application/fhir+json"
@@ -139,12 +139,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         unknown = sorted(set(params) - _SEARCH_PARAMS)
         if unknown:
             return outcome(400, "not-supported", f"unsupported search parameter {unknown[0]}")
-        subject = None
+        subjects = None
         if "subject" in params:
             system, sep, value = params["subject"].rpartition("|")
             if not sep or not system or not value:
                 return outcome(400, "invalid", "subject must be an identifier token system|value")
-            subject = pseudonym(ctx.keys.pseudonym, ctx.keys.pseudonym_version, system, value)
+            # every key version's pseudonym, and those the vault links them to (ADR 5)
+            subjects = ctx.vault.linked(ctx.keys.subject_pseudonyms(system, value))
         code_system, code = None, None
         if "code" in params:
             left, sep, right = params["code"].rpartition("|")
@@ -153,7 +154,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             count = min(int(params.get("_count", "50")), 500)
         except ValueError:
             return outcome(400, "invalid", "_count must be an integer")
-        found = ctx.store.search_advisories(resource_type, subject, code_system, code, count)
+        found = ctx.store.search_advisories(resource_type, subjects, code_system, code, count)
         cache: dict[str, dict[str, str] | None] = {}
         base = str(request.base_url).rstrip("/") + "/fhir"
         bundle = {

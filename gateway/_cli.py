@@ -13,6 +13,7 @@ import typer
 
 from gateway._config import Settings, load_settings
 from gateway._deid_cli import deid
+from gateway._keys_cli import app as keys_app
 from gateway._log import configure
 from gateway._model_cli import app as model_app
 
@@ -26,6 +27,7 @@ audit_app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.add_typer(keys_app, name="keys")
 app.command("deid")(deid)
 stage_app = typer.Typer(no_args_is_help=True, help="Run one part of the pipeline on its own.")
 app.add_typer(stage_app, name="stage")

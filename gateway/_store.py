@@ -304,16 +304,17 @@ class Store:
     def search_advisories(
         self,
         resource_type: str,
-        subject: str | None,
+        subjects: Sequence[str] | None,
         code_system: str | None,
         code: str | None,
         limit: int,
     ) -> list[dict[str, Any]]:
+        """Non-shadow advisories, newest first; ``subjects``: any of these pseudonyms."""
         sql = "SELECT resource FROM advisories WHERE resource_type = ? AND shadow = 0"
         args: list[Any] = [resource_type]
-        if subject is not None:
-            sql += " AND subject = ?"
-            args.append(subject)
+        if subjects is not None:
+            sql += " AND subject IN (" + ",".join("?" * len(subjects)) + ")"
+            args.extend(subjects)
         if code is not None:
             sql += " AND code = ?"
             args.append(code)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from security import Vault, VaultError
+from security import Vault, VaultError, VaultRekeyer, VersionedKey, seal
 
 KEY = b"k" * 32
 MRN = {"system": "urn:oid:1.2.3.4.mrn", "value": "MRN-PLANTED-4711"}
@@ -106,3 +107,60 @@ def test_concurrent_puts_from_threads_lose_nothing(tmp_path: Path) -> None:
                 done.result()  # re-raises a worker's failure here
         assert len(vault.get("v1-shared")) == 8 * 25
         assert all(len(vault.get(f"v1-t{t}")) == 25 for t in range(8))
+
+
+def _legacy_vault(path: Path) -> None:
+    """A vault as written before key versions: no key_id column, rows a JSON list."""
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "CREATE TABLE identities (pseudonym TEXT PRIMARY KEY, sealed BLOB NOT NULL) "
+            "WITHOUT ROWID"
+        )
+        plain = json.dumps([[MRN["system"], MRN["value"]]]).encode()
+        sealed = seal(KEY, plain, b"wardgate-vault-v1\x00v1-old")
+        db.execute("INSERT INTO identities VALUES (?, ?)", ("v1-old", sealed))
+    db.close()
+
+
+def test_a_vault_from_before_key_versions_opens_and_rekeying_labels_its_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vault.db"
+    _legacy_vault(path)
+    with Vault(path, KEY) as vault:
+        assert vault.get("v1-old") == [MRN]
+        vault.put("v1-old", [SSN])
+        assert vault.get("v1-old") == [MRN, SSN]
+    new = b"n" * 32
+    keys = VersionedKey("vault", {"v1": KEY, "v2": new}, {})
+    with VaultRekeyer(path, keys) as vault:
+        assert vault.rekey(keys) == 1
+    with Vault(path, new) as vault:
+        assert vault.get("v1-old") == [MRN, SSN]
+
+
+def test_a_row_sealed_by_a_key_not_loaded_says_so_without_the_pseudonym(tmp_path: Path) -> None:
+    keys = VersionedKey("vault", {"v1": KEY, "v2": b"n" * 32}, {})
+    with Vault(tmp_path / "vault.db", keys) as vault:
+        vault.put("v1-aaa", [MRN])  # sealed by v2, the current version
+    with Vault(tmp_path / "vault.db", KEY) as only_v1, pytest.raises(VaultError) as err:
+        only_v1.get("v1-aaa")
+    assert "has not loaded" in str(err.value) and "v1-aaa" not in str(err.value)
+
+
+def test_linked_lists_each_pseudonym_then_the_older_ones_its_row_names(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    with Vault(path, KEY) as vault:
+        vault.put("v1-aaa", [MRN])
+        vault.put("v1-bbb", [SSN])
+    with VaultRekeyer(path, KEY) as vault:
+        linked = vault.link_pseudonyms("v2", lambda system, value: f"v2-{value}", batch=1)
+        assert linked == 2 and vault.linked_version() == "v2"
+    with Vault(path, KEY) as vault:
+        assert vault.get(f"v2-{MRN['value']}") == [MRN]
+        assert vault.linked([f"v2-{MRN['value']}", "v1-zzz"]) == [
+            f"v2-{MRN['value']}",
+            "v1-zzz",
+            "v1-aaa",
+        ]
