@@ -1,18 +1,28 @@
 """End-to-end benchmark: MLLP in -> disposition, ACK latency, and where the time goes.
 
 Run: .venv/bin/python benchmarks/e2e_mllp.py [--messages 6000]
-Prints (and benchmarks/e2e_mllp.out keeps) four tables, each measured in this run:
+Prints (and benchmarks/e2e_mllp.out keeps) these tables, each measured in this run:
 1. HL7 v2 parse rate: wardgate's reader beside hl7apy on the same ORU messages;
-2. in-process cost per message of each stage's main work (parse, FHIR, de-id);
-3. end-to-end throughput of a real gateway subprocess: ORU messages/s from the first
-   send to the last disposition, with pipelined senders on several connections;
-4. ACK latency p50/p99 at fixed offered rates (scheduled sends, not closed-loop).
+2. in-process cost per message of each stage's main work (parse, FHIR, de-id), with the
+   FHIR check of ADR 6 beside the fhir.resources validation it replaced;
+3. the pipeline's CPU per message, stage by stage, in one process (``time.process_time``
+   around each stage draining the same messages; robust to other load on the machine);
+4. end-to-end throughput of a real gateway subprocess: ORU messages/s from the first
+   send to the last disposition, with pipelined senders on several connections, and the
+   CPU each process spent per message (``/proc``: user + system);
+5. ACK latency p50/p99 at fixed offered rates (scheduled sends, not closed-loop).
+
+Wall-clock figures (rates, latencies, busy time) move with whatever else the machine runs;
+compare CPU figures across runs, and wall-clock ones only within a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
+import json
 import os
 import sqlite3
 import statistics
@@ -20,8 +30,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -30,10 +43,16 @@ from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from adapters import MllpClient, ack_code  # noqa: E402
+from gateway._config import Settings  # noqa: E402
 from gateway._demo_feed import one_oru  # noqa: E402
-from gateway.normalize import parse_message, to_fhir  # noqa: E402
+from gateway._journal import Journal  # noqa: E402
+from gateway._pipeline import Pipeline  # noqa: E402
+from gateway.normalize import _bundle, parse_message, to_fhir  # noqa: E402
+from schemas import Source  # noqa: E402
+from security import load_keyring  # noqa: E402
 from security.deid import Deidentifier  # noqa: E402
 from tests.conftest import GatewayProcess  # noqa: E402
+from tests.test_fhir_conformance import oracle  # noqa: E402
 
 VITALS = {"rr": 18, "spo2": 96, "o2_flow": 0, "sbp": 122, "hr": 84, "temp": 37.1, "acvpu": "A"}
 T0 = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
@@ -66,22 +85,104 @@ def parse_table(sample: list[bytes]) -> list[str]:
     ]
 
 
+def _validated_by_models(bundle: dict[str, Any]) -> None:
+    """The normalizer's check before ADR 6: each entry through its fhir.resources model,
+    then a copy of the Bundle with its decimals made JSON numbers."""
+    if oracle(bundle) is not None:
+        raise ValueError("invalid")
+    _jsonable(bundle)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
 def stage_table(sample: list[bytes]) -> list[str]:
     deid = Deidentifier(os.urandom(32), os.urandom(32))
     parsed = [parse_message(m) for m in sample]
     bundles = [to_fhir(p) for p in parsed]
+
+    def to_fhir_before(i: int) -> object:
+        with patched(_bundle, "check_bundle", _validated_by_models):
+            return to_fhir(parsed[i])
+
     steps = [
         ("parse (wardgate reader)", lambda i: parse_message(sample[i])),
-        ("HL7 -> FHIR R4 (fhir.resources validated)", lambda i: to_fhir(parsed[i])),
+        ("HL7 -> FHIR R4, checked (ADR 6)", lambda i: to_fhir(parsed[i])),
+        ("HL7 -> FHIR R4, fhir.resources models (before)", to_fhir_before),
         ("de-identify bundle", lambda i: deid.deidentify(bundles[i])),
     ]
     rows = ["| in-process step | µs/msg | msgs/s on one core |", "|---|---:|---:|"]
     for name, fn in steps:
-        start = time.perf_counter()
+        start = time.process_time()
         for i in range(len(sample)):
             fn(i)
-        per = (time.perf_counter() - start) / len(sample)
+        per = (time.process_time() - start) / len(sample)
         rows.append(f"| {name} | {per * 1e6:,.0f} | {1 / per:,.0f} |")
+    return rows
+
+
+@contextlib.contextmanager
+def patched(module: object, name: str, value: object) -> Iterator[None]:
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+def _journal(data_dir: Path, batch: list[bytes], tag: str) -> None:
+    journal = Journal(data_dir / "journal.db", load_keyring(data_dir).journal)
+    source = Source(kind="mllp", name="BENCH^HOSP")
+
+    async def append_all() -> None:
+        for k in range(0, len(batch), 256):
+            chunk = batch[k : k + 256]
+            await asyncio.gather(
+                *(journal.append(source, f"{tag}{k + i}", "hl7v2", m) for i, m in enumerate(chunk))
+            )
+
+    try:
+        asyncio.run(append_all())
+    finally:
+        journal.close()
+
+
+def pipeline_cpu_table(n: int) -> list[str]:
+    """CPU per message of each stage, draining ``n`` journaled ORUs one stage after another."""
+    rows = ["| pipeline stage (in-process, one after another) | CPU µs/msg |", "|---|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir(mode=0o700)
+        _journal(data_dir, messages(300, "WARM"), "W")
+        pipeline = Pipeline(Settings(data_dir=data_dir))
+        try:
+            stages = [loop.stage for loop in pipeline.loops]
+            for stage in stages:  # warm-up: SQLite caches, the sandboxes' first calls
+                while stage.step():
+                    pass
+            _journal(data_dir, messages(n, "CPU"), "C")
+            gc.collect()
+            gc.freeze()  # as the pipeline does once it has started (ADR 6)
+            total = 0.0
+            for stage in stages:
+                start = time.process_time()
+                while stage.step():
+                    pass
+                spent = time.process_time() - start
+                total += spent
+                rows.append(f"| {stage.name} | {spent / n * 1e6:,.0f} |")
+            rows.append(f"| all three | {total / n * 1e6:,.0f} |")
+        finally:
+            gc.unfreeze()
+            pipeline.close()
     return rows
 
 
@@ -114,6 +215,10 @@ def throughput(
     batch = messages(n, tag)
     chunks = [batch[i::connections] for i in range(connections)]
     base = disposed(gw.data_dir)
+    assert gw.proc is not None
+    status = json.loads((gw.data_dir / "pipeline.status.json").read_text())
+    pids = {"gateway (ingest, API)": gw.proc.pid, "pipeline": int(status["pid"])}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
 
     async def send_all() -> list[int]:
@@ -129,13 +234,24 @@ def throughput(
             raise RuntimeError("dispositions stalled")
         time.sleep(0.02)
     done_at = time.perf_counter() - start
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     return [
         f"| {n} ORU over {connections} connections, window {window} | value |",
         "|---|---:|",
         f"| accepted (AA) | {acked} |",
         f"| ingest rate (all ACKs back) | {n / acked_at:,.0f} msgs/s |",
         f"| end-to-end rate (last disposition) | {n / done_at:,.0f} msgs/s |",
+        *(
+            f"| CPU of {name} process | {spent / n * 1e6:,.0f} µs/msg |"
+            for name, spent in cpu.items()
+        ),
     ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stage_split(gw: GatewayProcess) -> list[str]:
@@ -193,13 +309,15 @@ def main() -> None:
     out = [f"# e2e_mllp benchmark, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores", ""]
     out += ["## HL7 v2 parse rate (same 1,000 ORU^R01, 7 OBX each)", "", *parse_table(sample), ""]
     out += ["## Where a message's CPU goes (in-process, one core)", "", *stage_table(sample), ""]
+    out += ["## The pipeline's CPU per message (in-process, one core)", ""]
+    out += [*pipeline_cpu_table(min(args.messages, 2000)), ""]
     with tempfile.TemporaryDirectory() as tmp:
         gw = GatewayProcess(Path(tmp) / "data").start()
         try:
             throughput(gw, 500, "WARM")  # warm-up: sandbox, SQLite caches
             out += ["## End to end through a real gateway (MLLP -> disposition)", ""]
             out += [*throughput(gw, args.messages, "TP"), ""]
-            out += ["## Where the pipeline's time goes (all messages so far)", ""]
+            out += ["## Where the pipeline's wall time goes (all messages so far)", ""]
             out += [*stage_split(gw), ""]
             out += [
                 "## ACK latency at a fixed offered rate (4 connections)",

@@ -9,9 +9,11 @@ only (its message could quote the payload).
 
 from __future__ import annotations
 
-import json
 import time
+from collections import Counter
 from dataclasses import dataclass
+
+from pydantic_core import to_json
 
 from gateway._journal import JournalReader
 from gateway._log import get_logger
@@ -76,6 +78,8 @@ class ProcessStage:
             for message, result in zip(inbound, results, strict=True):
                 self._emit(tx, message, result)
             tx.commit_offset(CONSUMER, inbound[-1].id)
+        actions: Counter[tuple[str, str]] = Counter()
+        identifiers: Counter[tuple[str, str]] = Counter()
         for message, result in zip(inbound, results, strict=True):
             if isinstance(result, _Final):
                 self._audit.append(
@@ -92,11 +96,13 @@ class ProcessStage:
                 )
                 self._metrics.messages.labels("process", "deidentified").inc()
                 for entry in result.report:
-                    self._metrics.deid_actions.labels(entry.rule, entry.action).inc(entry.count)
+                    actions[entry.rule, entry.action] += entry.count
                     if entry.category:
-                        self._metrics.deid_identifiers.labels(entry.category, entry.action).inc(
-                            entry.count
-                        )
+                        identifiers[entry.category, entry.action] += entry.count
+        for labels, count in actions.items():  # once per batch: ~30 report entries a message
+            self._metrics.deid_actions.labels(*labels).inc(count)
+        for labels, count in identifiers.items():
+            self._metrics.deid_identifiers.labels(*labels).inc(count)
         self._metrics.stage_seconds.labels("process").observe(time.perf_counter() - started)
         return len(inbound)
 
@@ -129,6 +135,18 @@ class ProcessStage:
                 Disposition(message_id=message.id, outcome=result.outcome, reason=result.reason)
             )
             return
-        payload = result.model_dump_json()
-        tx.record(message.id, result.message_type, result.subject, json.dumps(result.bundle))
+        bundle, payload = _serialise(result)
+        tx.record(message.id, result.message_type, result.subject, bundle)
         tx.produce(TOPIC_OUT, result.subject, payload)
+
+
+def _serialise(record: DeidentifiedRecord) -> tuple[str, str]:
+    """The record's Bundle as JSON, and the whole record (the topic payload) around it.
+
+    The Bundle is most of the record and goes to both the ``records`` store and the
+    topic: serialised once (by pydantic-core, twice as fast as ``json.dumps``), then
+    spliced into the rest of the record rather than serialised a second time.
+    """
+    bundle = to_json(record.bundle).decode()
+    rest = record.model_dump_json(exclude={"bundle"})
+    return bundle, f'{rest[:-1]},"bundle":{bundle}}}'

@@ -4,12 +4,20 @@ Each step handles one batch and returns how many inputs it consumed. The loop sl
 a wake-up event when idle. Draining: once ``drain`` is set (after upstream has stopped),
 the loop keeps stepping until a step finds nothing, then returns, so SIGTERM finishes
 in-flight work instead of dropping it.
+
+Stages that share a process (and so a GIL) take turns through a :class:`Baton`: one step
+at a time, in the order they asked. Left to the GIL, three busy stage threads hand it to
+each other every few milliseconds and at every SQLite call, which measured 20-40% more
+CPU per message than running the same steps one after another (ADR 6).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from gateway._log import get_logger
@@ -26,6 +34,31 @@ class Stage(Protocol):
         ...
 
 
+class Baton:
+    """Lets one stage step at a time, first come first served (a ticket lock).
+
+    First come first served matters: a plain lock goes back to the thread that just let
+    it go, so a stage with a backlog would starve the stages downstream of it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._queue.popleft()
+                self._cond.notify_all()
+
+
 class StageLoop:
     """Owns one stage's thread-side loop; the runtime awaits ``run`` via ``to_thread``."""
 
@@ -35,34 +68,51 @@ class StageLoop:
         wake: threading.Event,
         notify: threading.Event | None = None,
         idle_wait_s: float = _IDLE_WAIT_S,
+        baton: Baton | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         """``wake`` is set by upstream when there is input; ``notify`` wakes downstream.
 
         ``idle_wait_s`` bounds how long an idle stage sleeps when nobody can wake it
-        (its upstream is another process).
+        (its upstream is another process). With a ``baton``, each step waits its turn.
+        ``linger_s``: woken from idle, wait this long (without the baton) before stepping,
+        so that a batch can gather (micro-batching); a stage with a backlog never waits.
         """
         self.stage = stage
         self.wake = wake
         self.notify = notify
         self.idle_wait_s = idle_wait_s
+        self.baton = baton
+        self.linger_s = linger_s
         self.drain = threading.Event()
+
+    def _step(self) -> int:
+        if self.baton is None:
+            return self.stage.step()
+        with self.baton.turn():
+            return self.stage.step()
 
     def run(self) -> None:
         backoff = 0.0
+        woken = False
         while True:
+            if woken and self.linger_s > 0:
+                time.sleep(self.linger_s)
             try:
-                consumed = self.stage.step()
+                consumed = self._step()
                 backoff = 0.0
             except Exception as exc:  # a stage never dies silently: log, back off, retry
                 log.error("stage.step_failed", stage=self.stage.name, error=type(exc).__name__)
                 backoff = min(max(backoff * 2, 0.05), 2.0)
                 time.sleep(backoff)
+                woken = False
                 continue
             if consumed:
                 if self.notify is not None:
                     self.notify.set()
+                woken = False
                 continue
             if self.drain.is_set():
                 return
-            self.wake.wait(self.idle_wait_s)
+            woken = self.wake.wait(self.idle_wait_s)
             self.wake.clear()

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from schemas import Disposition, ObservationFact, Outcome
 
 _SCHEMA = """
@@ -156,7 +158,7 @@ class Tx:
                 subject,
                 coding[0].get("system"),
                 coding[0].get("code"),
-                json.dumps(resource, separators=(",", ":")),
+                to_json(resource).decode(),  # pydantic-core: compact JSON, 4x json.dumps
                 datetime.now(UTC).isoformat(),
                 int(shadow),
             ),

@@ -9,9 +9,10 @@ an enabled one in shadow mode is computed and recorded but not sent (``shadowed`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
+
+from pydantic import BaseModel
 
 from adapters import ack_code, advisory_oru, send_blocking
 from gateway._config import MllpDestinationConfig
@@ -27,6 +28,13 @@ CONSUMER = "writeback"
 TOPIC_IN = "advisories"
 STORE_DESTINATION = "advisory-store"
 _ATTEMPTS = 3
+
+
+class _Envelope(BaseModel):
+    """An ``advisories`` topic entry: one message's advisories (written by the infer stage)."""
+
+    message_id: int
+    advisories: list[Advisory]
 
 
 class WritebackStage:
@@ -55,9 +63,8 @@ class WritebackStage:
         started = time.perf_counter()
         batch = []
         for entry in entries:
-            body = json.loads(entry.payload)
-            advisories = [Advisory.model_validate(a) for a in body["advisories"]]
-            batch.append((advisories, self._deliver(int(body["message_id"]), advisories)))
+            body = _Envelope.model_validate_json(entry.payload)
+            batch.append((body.advisories, self._deliver(body.message_id, body.advisories)))
         with self._store.transaction() as tx:
             for advisories, disposition in batch:
                 for advisory in advisories:

@@ -13,6 +13,12 @@ so re-processing a message yields the same ids, and each resource also carries t
 business identifier for conditional create. References between the three resources use
 ``urn:uuid:<id>`` so writeback can post them together in one transaction Bundle. No patient
 time appears anywhere: ``Provenance.recorded`` is the time of scoring (required by FHIR).
+
+Validity (ADR 6): the resources are plain dicts, not validated per message. What varies
+per message is valid by construction (UUIDs, the pseudonym, an integer score checked to be
+finite and in range, the time of scoring); what comes from the manifest (codes, labels,
+model id and version) is checked once per model by :func:`check_advisory_mapping`, which
+builds an advisory for every band and validates it with the ``fhir.resources`` R4B models.
 """
 
 from __future__ import annotations
@@ -22,15 +28,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.provenance import Provenance
-from fhir.resources.R4B.riskassessment import RiskAssessment
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
 
 from inference._manifest import PLACEHOLDER, ModelManifest
 from schemas import PSEUDONYM_SYSTEM, Advisory, AdvisoryKind, InferenceRequest
 
 ADVISORY_ID_SYSTEM = "urn:wardgate:advisory"
 _NAMESPACE = uuid.UUID("6f1d1e0c-8a52-5b57-9a0e-3c1f0b8b2d11")
+_INT32 = 2**31 - 1
 
 
 def resource_id(model_id: str, version: str, message_id: int, subject: str, kind: str) -> str:
@@ -74,10 +80,18 @@ def build_advisories(
     outputs: dict[str, float],
     *,
     recorded: datetime | None = None,
+    shadow: bool = False,
 ) -> Advisory:
-    """One advisory (score Observation, RiskAssessment, Provenance) for one scored request."""
+    """One advisory (score Observation, RiskAssessment, Provenance) for one scored request.
+
+    ``ValueError`` when the score or band output is not a finite number in FHIR's integer
+    range (a model that misbehaves on this row).
+    """
     mapping = manifest.advisory
     score = outputs[mapping.score_output]
+    for name in (mapping.score_output, mapping.band_output):
+        if not abs(outputs[name]) <= _INT32:  # NaN fails this too
+            raise ValueError(f"output {name} is not a finite number in integer range")
     band = int(outputs[mapping.band_output])
     label = mapping.band_labels.get(band, f"band {band}")
     ids = {
@@ -134,9 +148,6 @@ def build_advisories(
         "recorded": _instant(recorded or datetime.now(UTC)),
         "agent": [{"who": {"type": "Device", "display": device}}],
     }
-    Observation.model_validate(observation)
-    RiskAssessment.model_validate(risk)
-    Provenance.model_validate(provenance)
     return Advisory(
         message_id=request.message_id,
         model_id=manifest.id,
@@ -147,7 +158,39 @@ def build_advisories(
         interpretation=label,
         explanation=explain(manifest, outputs),
         resources=[observation, risk, provenance],
+        shadow=shadow,
     )
+
+
+def check_advisory_mapping(manifest: ModelManifest) -> str | None:
+    """Why this model's advisories would not be valid FHIR R4, or None when they are.
+
+    Builds the advisory of every band the manifest labels (and of an unlabelled band) and
+    validates each resource with its ``fhir.resources`` R4B model: everything an advisory
+    takes from the manifest is covered, so :func:`build_advisories` need not validate per
+    message. The reason names the resource, element and error type.
+    """
+    mapping = manifest.advisory
+    request = InferenceRequest(
+        model_id=manifest.id,
+        model_version=manifest.version,
+        message_id=1,
+        subject="v1-" + "0" * 40,
+        features=[],
+    )
+    unlabelled = max(mapping.band_labels, default=0) + 1
+    for band in [*mapping.band_labels, unlabelled]:
+        outputs = {name: 1.0 for name in manifest.outputs}
+        outputs[mapping.band_output] = float(band)
+        advisory = build_advisories(manifest, request, outputs)
+        for resource in advisory.resources:
+            kind = resource["resourceType"]
+            try:
+                get_fhir_model_class(kind).model_validate(resource)
+            except ValidationError as exc:
+                where = ".".join([kind, *(str(p) for p in exc.errors()[0]["loc"])])
+                return f"advisory is not valid FHIR: {where} ({exc.errors()[0]['type']})"
+    return None
 
 
 def _instant(moment: datetime) -> str:

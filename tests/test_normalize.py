@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.normalize import (
     HANDLED_TYPES,
@@ -48,6 +51,7 @@ from gateway.normalize import (
     Hl7EnvelopeError,
     NormalizationError,
     UnsupportedMessageType,
+    _bundle,
     parse_message,
     to_fhir,
     validate_envelope,
@@ -594,3 +598,9 @@ def test_peer_envelopes_are_accepted_except_an_empty_control_id(path: Path) -> N
         return
     env = validate_envelope(path.read_bytes())
     assert env.message_type == parse_message(path.read_bytes()).message_type
+
+
+@given(st.text(max_size=80))
+def test_entry_ids_are_the_uuid5_of_their_seed(name: str) -> None:
+    """The fast id path gives exactly ``uuid.uuid5``: ids stay stable across versions."""
+    assert _bundle._uuid5(name) == str(uuid.uuid5(_bundle._NAMESPACE, name))

@@ -185,6 +185,24 @@ def test_bad_input_gets_an_error_ack_with_the_reason_and_no_patient_data(
     assert b"SECRET" not in ack
 
 
+def test_a_value_fhir_cannot_carry_is_dead_lettered_naming_the_element(
+    gw: GatewayProcess,
+) -> None:
+    """A 100,000-digit decimal once passed validation and then stalled the stage for good
+    (the batch could never be written); now the check refuses it and the rest flows on."""
+    huge = oru("P-HUGE-1", "MRN1020", VITALS_NORMAL).replace(
+        b"|NM|9279-1^Respiratory rate^LN||16|", b"|SN|9279-1^Respiratory rate^LN||^9E+99999|"
+    )
+    assert b"9E+99999" in huge
+    acks = send(gw.mllp_port, [huge, oru("P-HUGE-2", "MRN1020", VITALS_NORMAL)])
+    assert [ack_code(a) for a in acks] == ["AA", "AA"]
+    records = gw.wait_disposed(["P-HUGE-1", "P-HUGE-2"])
+    dead = records["P-HUGE-1"]["disposition"]
+    assert dead["outcome"] == "dead_lettered"
+    assert dead["reason"] == "FHIR validation failed: Observation.valueQuantity.value (decimal)"
+    assert records["P-HUGE-2"]["disposition"]["outcome"] == "written_back"
+
+
 def test_health_readiness_and_metrics(gw: GatewayProcess) -> None:
     send(gw.mllp_port, [oru("P-MET-1", "MRN1010", VITALS_NORMAL)])
     gw.wait_disposed(["P-MET-1"])
