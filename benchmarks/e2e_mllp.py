@@ -275,9 +275,8 @@ def stage_split(gw: GatewayProcess) -> list[str]:
     return rows
 
 
-def ack_latency(gw: GatewayProcess, offered: int, seconds: float, connections: int = 4) -> str:
-    n = int(offered * seconds)
-    batch = messages(n, f"LAT{offered}")
+def paced(gw: GatewayProcess, batch: list[bytes], offered: int, connections: int) -> list[float]:
+    """Send ``batch`` at ``offered`` msgs/s over ``connections``; each message's ACK time."""
     latencies: list[float] = []
 
     async def sender(k: int) -> None:
@@ -297,8 +296,47 @@ def ack_latency(gw: GatewayProcess, offered: int, seconds: float, connections: i
         await asyncio.gather(*(sender(k) for k in range(connections)))
 
     asyncio.run(run())
-    q = statistics.quantiles(latencies, n=100)
-    return f"| {offered} msgs/s | {len(latencies)} | {q[49] * 1000:.2f} | {q[98] * 1000:.2f} |"
+    return latencies
+
+
+def ack_latency(gw: GatewayProcess, offered: int, seconds: float, connections: int = 4) -> str:
+    batch = messages(int(offered * seconds), f"LAT{offered}")
+    q = statistics.quantiles(paced(gw, batch, offered, connections), n=100)
+    return f"| {offered} msgs/s | {len(batch)} | {q[49] * 1000:.2f} | {q[98] * 1000:.2f} |"
+
+
+def advisory_latency(gw: GatewayProcess, offered: int, seconds: float) -> str:
+    """Receipt of each observation -> its advisories written (its disposition), at a
+    fixed offered rate: both timestamps are the gateway's own (journal, dispositions)."""
+    tag = f"ADV{offered}-"
+    batch = messages(int(offered * seconds), tag)
+    base = disposed(gw.data_dir)
+    paced(gw, batch, offered, connections=4)
+    deadline = time.monotonic() + 600
+    while disposed(gw.data_dir) - base < len(batch):
+        if time.monotonic() > deadline:
+            raise RuntimeError("dispositions stalled")
+        time.sleep(0.05)
+    conn = sqlite3.connect(f"file:{gw.data_dir / 'wardgate.db'}?mode=ro", uri=True)
+    try:
+        conn.execute("ATTACH DATABASE ? AS j", (f"file:{gw.data_dir / 'journal.db'}?mode=ro",))
+        rows = conn.execute(
+            "SELECT j.journal.received_at, d.at FROM j.journal "
+            "JOIN dispositions d ON d.message_id = j.journal.id "
+            "WHERE j.journal.control_id LIKE ? AND d.outcome = 'written_back'",
+            (tag + "%",),
+        ).fetchall()
+    finally:
+        conn.close()
+    waits = [
+        (datetime.fromisoformat(done) - datetime.fromisoformat(got)).total_seconds()
+        for got, done in rows
+    ]
+    q = statistics.quantiles(waits, n=100)
+    return (
+        f"| {offered} msgs/s | {len(batch)} | {len(waits)} | {q[49] * 1000:.1f} | "
+        f"{q[98] * 1000:.1f} | {max(waits) * 1000:.1f} |"
+    )
 
 
 def main() -> None:
@@ -327,6 +365,15 @@ def main() -> None:
             ]
             for offered in (200, 500, 1000):
                 out.append(ack_latency(gw, offered, seconds=5))
+            out += [
+                "",
+                "## Advisory latency: observation received -> advisories written",
+                "",
+                "| offered | messages | written back | p50 ms | p99 ms | max ms |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for offered in (50, 100, 200, 300):
+                out.append(advisory_latency(gw, offered, seconds=8))
         finally:
             gw.stop()
     text = "\n".join(out) + "\n"
