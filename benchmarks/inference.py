@@ -1,26 +1,20 @@
-"""Inference benchmark: bare onnxruntime vs. the sandbox vs. the engine, and micro-batching.
+"""Inference benchmark: the sandbox's overhead, as a ratio of bare onnxruntime in the same run.
 
 Run: .venv/bin/python benchmarks/inference.py [--quick]
-Prints (and benchmarks/inference.out keeps) three tables, each measured in this run on the
-NEWS2 reference bundle (built and signed here, loaded through ``load_bundle``):
-1. rows/s and p50/p99 call latency per batch size for bare onnxruntime (an in-process
-   ``InferenceSession`` with the worker's settings: same provider, intra/inter-op threads 1),
-   the same model through ``Sandbox.run`` and through ``InferenceEngine.score``, with the
-   ratio sandbox/bare (the issue's target: >= 0.5 on CPU);
-2. where a call's time goes per layer: session.run, array (de)serialisation on both sides
-   (measured in-process), the pipe round trip (the rest of the sandbox time), building the
-   float32 matrix from requests, and mapping outputs back to results;
-3. micro-batching: Poisson arrivals at a fixed mean rate into a batcher (max batch size,
-   max wait for the oldest request), one ``InferenceEngine.score`` call per batch (the
-   real sandbox underneath); rows/s achieved, latency from arrival to result, and the
-   longest garbage-collector pause in the run (the usual cause of a p99 outlier).
+Prints (and benchmarks/inference.out keeps) three tables measured in this run on the NEWS2
+reference bundle, built and signed here: 1. rows/s per batch size of bare onnxruntime, the
+floor of any worker process (a forked child behind raw pipes), the sandbox and the engine
+end to end, with sandbox / bare (the issue's figure, target >= 0.5 on CPU); 2. where a
+call's time goes; 3. micro-batching: the batch sizes a batcher produces, and latency. The
+output itself says what each column measures.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import fcntl
 import os
+import select
 import statistics
 import sys
 import tempfile
@@ -37,6 +31,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _inference_batching import (  # noqa: E402  (this script's own folder)
+    RATES,
+    TICK,
+    GcPauses,
+    batching_section,
+    process_cpu,
+    quantiles_ms,
+)
+
 from inference import (  # noqa: E402
     NEWS2_COLUMNS,
     InferenceEngine,
@@ -47,13 +50,11 @@ from inference import (  # noqa: E402
     load_bundle,
 )
 from inference import _worker as wire  # noqa: E402
-from inference._engine import _result, _row  # noqa: E402
+from inference._engine import _result, _rows  # noqa: E402
+from inference._pipe import _GETCPU  # noqa: E402
 from schemas import FeatureValue, InferenceRequest  # noqa: E402
 
 BATCHES = (1, 8, 64, 256, 1024, 4096)
-RATES = (500, 2000, 10000, 50000)
-WAITS_MS = (0.0, 1.0, 2.0, 5.0)
-BATCH_MAX = (64, 256)
 SEED = 20240101
 T0 = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
 LIMITS = SandboxLimits()  # the gateway's defaults: 1 thread, GPU if onnxruntime-gpu has one
@@ -77,22 +78,19 @@ def news2_rows(n: int, seed: int = SEED) -> np.ndarray[Any, np.dtype[np.float32]
 
 def requests_for(rows: np.ndarray[Any, Any], version: str) -> list[InferenceRequest]:
     """One InferenceRequest per row, as the infer stage's feature extractor would build it."""
-    out = []
-    for i, row in enumerate(rows.tolist()):
-        features = [
-            FeatureValue(name=n, value=v, source_system="bench", source_code=n, effective=T0)
-            for n, v in zip(NEWS2_COLUMNS, row, strict=True)
-        ]
-        out.append(
-            InferenceRequest(
-                model_id="news2",
-                model_version=version,
-                message_id=i,
-                subject=f"pseudo-{i % 500:04d}",
-                features=features,
-            )
+    return [
+        InferenceRequest(
+            model_id="news2",
+            model_version=version,
+            message_id=i,
+            subject=f"pseudo-{i % 500:04d}",
+            features=[
+                FeatureValue(name=n, value=v, source_system="bench", source_code=n, effective=T0)
+                for n, v in zip(NEWS2_COLUMNS, row, strict=True)
+            ],
         )
-    return out
+        for i, row in enumerate(rows.tolist())
+    ]
 
 
 def bare_session(bundle: ModelBundle, provider: str) -> ort.InferenceSession:
@@ -102,6 +100,51 @@ def bare_session(bundle: ModelBundle, provider: str) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(bundle.model_bytes, sess_options=options, providers=[provider])
+
+
+class Floor:
+    """``session`` in a forked child behind two pipes: raw float32 in, raw outputs out."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        names = [o.name for o in session.get_outputs()]
+        req_r, self.w = os.pipe()
+        self.r, rep_w = os.pipe()
+        for fd in (self.w, self.r):  # as large as the sandbox's pipes
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: read a row count and the rows, run, write the outputs
+            os.close(self.w)
+            os.close(self.r)
+            while head := os.read(req_r, 8):
+                data = read_exactly(req_r, 32 * int.from_bytes(head, "little"))
+                batch = np.frombuffer(data, np.float32).reshape(-1, len(NEWS2_COLUMNS))
+                os.writev(rep_w, session.run(names, {"features": batch}))
+            os._exit(0)
+        os.close(req_r)
+        os.close(rep_w)
+        self.cpu = -1
+
+    def __call__(self, batch: np.ndarray[Any, Any], reply_bytes: int) -> bytearray:
+        cpu = _GETCPU()  # on the caller's CPU, as the sandbox places its worker
+        if cpu != self.cpu:
+            os.sched_setaffinity(self.pid, {cpu})
+            self.cpu = cpu
+        os.writev(self.w, [len(batch).to_bytes(8, "little"), batch])
+        select.select([self.r], [], [])
+        return read_exactly(self.r, reply_bytes)
+
+    def close(self) -> None:
+        os.close(self.w)
+        os.close(self.r)
+        os.waitpid(self.pid, 0)
+
+
+def read_exactly(fd: int, n: int) -> bytearray:
+    data = bytearray(n)
+    view, got = memoryview(data), 0
+    while got < n:
+        got += os.readv(fd, [view[got:]])
+    return data
 
 
 def timed_calls(fn: Callable[[], object], budget_s: float, min_calls: int) -> list[float]:
@@ -114,203 +157,216 @@ def timed_calls(fn: Callable[[], object], budget_s: float, min_calls: int) -> li
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-        if len(times) >= 20000:
-            break
     return times
 
 
-def quantiles_ms(samples: list[float]) -> tuple[float, float]:
-    if len(samples) < 2:
-        return samples[0] * 1e3, samples[0] * 1e3
-    q = statistics.quantiles(samples, n=100, method="inclusive")
-    return q[49] * 1e3, q[98] * 1e3
-
-
-def p50_p99(samples: list[float]) -> str:
-    p50, p99 = quantiles_ms(samples)
-    return f"{p50:.3f} / {p99:.3f}"
-
-
-class GcPauses:
-    """The longest garbage-collector pause while active (gc.callbacks), in seconds."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.longest = max(self.longest, time.perf_counter() - self._start)
-
-    def __enter__(self) -> GcPauses:
-        gc.collect()  # every configuration starts from the same heap
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self)
-
-
-def layer_tables(
+def speed_tables(
     session: ort.InferenceSession,
+    floor: Floor,
     sandbox: Sandbox,
     engine: InferenceEngine,
     budget_s: float,
-    rounds: int = 4,
-) -> tuple[list[str], list[str]]:
-    """Per batch size, the layers are timed in ``rounds`` alternating slices, so a drift in
-    the machine's speed during the run falls on all of them alike."""
-    input_name = session.get_inputs()[0].name
-    output_names = [o.name for o in session.get_outputs()]
+    rounds: int = 8,
+) -> tuple[list[str], list[str], dict[int, dict[str, float]]]:
+    """Sections 1 and 2. The four ways are timed in ``rounds`` alternating slices per batch
+    size, so a change in the machine's speed during the run falls on all of them alike."""
+    names = [o.name for o in session.get_outputs()]
     rows = news2_rows(max(BATCHES))
     requests = requests_for(rows, sandbox.bundle.version)
+    worker = engine._sandboxes["news2"]
+    layout = sandbox._layout
+    assert layout is not None
+    encoder = wire.OutputFrames([(o.name, wire.DTYPES[o.type]) for o in session.get_outputs()])
     speed = [
-        "| batch | bare rows/s | bare p50 / p99 ms | sandbox rows/s | sandbox p50 / p99 ms "
-        "| **sandbox / bare** | engine rows/s | engine p50 / p99 ms | engine / bare | calls "
-        "| longest GC pause ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | bare rows/s | floor rows/s | sandbox rows/s | **sandbox / bare** "
+        "| sandbox / bare, p50 calls | floor / bare | engine rows/s | engine / bare "
+        "| p50 / p99 ms: bare, sandbox, engine | CPU µs per call: bare, floor, sandbox "
+        "| calls |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     split = [
-        "| batch | session.run | (de)serialise | pipe + wake-up | **sandbox** "
-        "| requests -> matrix | outputs -> floats (`_row`) | -> `InferenceResult` "
-        "| **engine** | engine µs/row |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | session.run | floor - bare | sandbox framing + checks: parent / worker "
+        "| sandbox - floor | **sandbox** | requests -> matrix | outputs -> floats (`_rows`) "
+        "| -> `InferenceResult` | **engine** | engine µs/row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    stats: dict[int, dict[str, float]] = {}  # per batch: ratio, floor ratio, hop and added µs
     for n in BATCHES:
-        batch = rows[:n]
-        reqs = requests[:n]
-        feed = {input_name: batch}
-        outputs = dict(zip(output_names, session.run(output_names, feed), strict=True))
-        floats = [_row(outputs, i) for i in range(n)]
-
-        def bare(feed: dict[str, Any] = feed) -> object:
-            return session.run(output_names, feed)
-
-        def boxed(batch: np.ndarray[Any, Any] = batch) -> object:
-            return sandbox.run(batch)
-
-        def scored(reqs: list[InferenceRequest] = reqs) -> object:
-            return engine.score("news2", reqs)
-
-        def serialise(feed: dict[str, Any] = feed, outputs: dict[str, Any] = outputs) -> None:
-            wire.decode_arrays(wire.encode_arrays(feed))  # parent encodes, worker decodes
-            wire.decode_outputs(wire.encode_outputs(0.0, outputs))  # and back
-
-        def matrix(reqs: list[InferenceRequest] = reqs) -> object:
-            return InferenceEngine._matrix(sandbox, reqs)
-
-        def to_floats(outputs: dict[str, Any] = outputs, n: int = n) -> object:
-            return [_row(outputs, i) for i in range(n)]
-
-        def to_results(reqs: list[InferenceRequest] = reqs, floats: list[Any] = floats) -> object:
-            return [_result(r, f) for r, f in zip(reqs, floats, strict=True)]
-
-        main = {"bare": bare, "sandbox": boxed, "engine": scored}
-        parts = {"serialise": serialise, "matrix": matrix, "floats": to_floats}
-        parts["results"] = to_results
-        times: dict[str, list[float]] = {name: [] for name in (*main, *parts)}
+        batch, reqs = rows[:n], requests[:n]
+        outputs = session.run(names, {"features": batch})
+        reply_bytes = sum(o.nbytes for o in outputs)
+        frame = b"".join(bytes(memoryview(p).cast("B")) for p in encoder.frame(0.0, outputs, n))
+        body = memoryview(frame)[wire.HEADER.size :]
+        run_frame = memoryview(wire.RUN_SHAPE.pack(n, batch.shape[1]) + batch.tobytes())
+        by_name = dict(zip(names, outputs, strict=True))
+        floats = _rows(by_name, n)
+        main: dict[str, tuple[Callable[[], object], int | None]] = {
+            "bare": (lambda b=batch: session.run(names, {"features": b}), None),
+            "floor": (lambda b=batch, k=reply_bytes: floor(b, k), floor.pid),
+            "sandbox": (lambda b=batch: sandbox.run(b), sandbox.pid),
+            "engine": (lambda r=reqs: engine.score("news2", r), worker.pid),
+        }
+        pieces: dict[str, Callable[[], object]] = {
+            "parent": lambda b=body, n=n: layout.decode(b, n),  # + the RUN header, ~0.2 µs
+            "worker": lambda f=run_frame, o=outputs, n=n: (
+                wire.decode_run(f),
+                encoder.frame(0.0, o, n),
+            ),
+            "matrix": lambda r=reqs: InferenceEngine._matrix(sandbox, r),
+            "floats": lambda o=by_name, n=n: _rows(o, n),
+            "results": lambda r=reqs, f=floats: [_result(*p) for p in zip(r, f, strict=True)],
+        }
+        times: dict[str, list[float]] = {name: [] for name in (*main, *pieces)}
+        cpu = dict.fromkeys(main, 0.0)
         slice_s = budget_s / rounds
-        with GcPauses() as pauses:
+        with GcPauses():
             for _ in range(rounds):
-                for name, fn in main.items():
+                for name, (fn, pid) in main.items():
+                    own, other = time.process_time(), process_cpu(pid) if pid else 0.0
                     times[name] += timed_calls(fn, slice_s, (200 if n <= 256 else 12) // rounds)
-                for name, fn in parts.items():  # >= 20 samples: medians clear of GC pauses
-                    times[name] += timed_calls(fn, slice_s / 4, 5)
-
+                    cpu[name] += time.process_time() - own
+                    cpu[name] += process_cpu(pid) - other if pid else 0.0
+                for name, part in pieces.items():  # >= 20 samples: medians clear of GC pauses
+                    times[name] += timed_calls(part, slice_s / 4, 5)
         rate = {name: n * len(times[name]) / sum(times[name]) for name in main}
-        calls = " / ".join(str(len(times[name])) for name in main)
-        speed.append(
-            f"| {n:,} | {rate['bare']:,.0f} | {p50_p99(times['bare'])} "
-            f"| {rate['sandbox']:,.0f} | {p50_p99(times['sandbox'])} "
-            f"| **{rate['sandbox'] / rate['bare']:.2f}** "
-            f"| {rate['engine']:,.0f} | {p50_p99(times['engine'])} "
-            f"| {rate['engine'] / rate['bare']:.2f} | {calls} | {pauses.longest * 1e3:.0f} |"
-        )
         us = {name: statistics.median(t) * 1e6 for name, t in times.items()}
-        pipe = us["sandbox"] - us["bare"] - us["serialise"]
-        split.append(
-            f"| {n:,} | {us['bare']:,.0f} | {us['serialise']:,.0f} | {pipe:,.0f} "
-            f"| **{us['sandbox']:,.0f}** | {us['matrix']:,.0f} | {us['floats']:,.0f} "
-            f"| {us['results']:,.0f} | **{us['engine']:,.0f}** | {us['engine'] / n:,.1f} |"
+        stats[n] = {
+            "ratio": rate["sandbox"] / rate["bare"],
+            "floor": rate["floor"] / rate["bare"],
+            "hop": us["floor"] - us["bare"],
+            "added": us["sandbox"] - us["floor"],
+        }
+        p = {name: quantiles_ms(times[name]) for name in ("bare", "sandbox", "engine")}
+        lat = ", ".join(f"{a:.3f} / {b:.3f}" for a, b in p.values())
+        cpu_us = ", ".join(
+            f"{cpu[k] / len(times[k]) * 1e6:,.0f}" for k in ("bare", "floor", "sandbox")
         )
-    return speed, split
+        speed.append(
+            f"| {n:,} | {rate['bare']:,.0f} | {rate['floor']:,.0f} | {rate['sandbox']:,.0f} "
+            f"| **{stats[n]['ratio']:.2f}** | {us['bare'] / us['sandbox']:.2f} "
+            f"| {rate['floor'] / rate['bare']:.2f} "
+            f"| {rate['engine']:,.0f} | {rate['engine'] / rate['bare']:.2f} | {lat} | {cpu_us} "
+            f"| {' / '.join(str(len(times[k])) for k in main)} |"
+        )
+        split.append(
+            f"| {n:,} | {us['bare']:,.0f} | {us['floor'] - us['bare']:,.0f} "
+            f"| {us['parent']:,.1f} / {us['worker']:,.1f} | {us['sandbox'] - us['floor']:,.0f} "
+            f"| **{us['sandbox']:,.0f}** | {us['matrix']:,.0f} | {us['floats']:,.0f} "
+            f"| {us['results']:,.0f} | **{us['engine']:,.0f}** | {us['engine'] / n:,.2f} |"
+        )
+    return speed, split, stats
 
 
-def worker_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) the worker process has used, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def load() -> str:
+    return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def microbatch(
-    engine: InferenceEngine,
-    requests: list[InferenceRequest],
-    rate: float,
-    batch_max: int,
-    wait_s: float,
-    seconds: float,
-    seed: int,
-) -> str:
-    """Requests arrive at Poisson times (mean ``rate``/s); the batcher sends a batch when it
-    holds ``batch_max`` requests or its oldest has waited ``wait_s`` (0: whatever is there).
+def machine_cpu(pids: list[int]) -> tuple[float, float, float]:
+    """CPU seconds so far: the whole machine's busy time less this benchmark's (this process
+    and ``pids``), and the time the hypervisor gave our CPUs to others (steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
+    user, nice, system, _, _, irq, softirq, steal = fields
+    ours = time.process_time() + sum(process_cpu(pid) for pid in pids)
+    return (user + nice + system + irq + softirq) / TICK - ours, steal / TICK, time.monotonic()
 
-    Arrivals are a pre-drawn schedule replayed against the wall clock, so the producer costs
-    no CPU; latency is arrival -> ``score`` returned (results mapped, ready for advisories).
-    """
-    n = int(rate * seconds)
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
-    gaps *= seconds / gaps.sum()  # exactly n arrivals in ``seconds``: the offered rate
-    latencies: list[float] = []
-    sizes: list[int] = []
-    head = 0  # oldest request not yet scored
-    worker = engine._sandboxes["news2"].pid
-    with GcPauses() as pauses:  # collects first, so the schedule starts after that
-        cpu_parent, cpu_worker = time.process_time(), worker_cpu(worker)
-        begin = time.perf_counter() + 0.005
-        arrive = (begin + np.cumsum(gaps)).tolist()
-        while head < n:
-            now = time.perf_counter()
-            if arrive[head] > now:  # nothing pending: sleep until the next arrival
-                time.sleep(arrive[head] - now)
-                continue
-            full_at = arrive[min(head + batch_max, n) - 1]
-            if full_at > now:  # not full yet: wait for it to fill or for the oldest's deadline
-                due = min(full_at, arrive[head] + wait_s)
-                if due > now:
-                    time.sleep(due - now)
-                    continue
-            ready = head
-            while ready < n and ready - head < batch_max and arrive[ready] <= now:
-                ready += 1
-            batch = [requests[i % len(requests)] for i in range(head, ready)]
-            engine.score("news2", batch)
-            done = time.perf_counter()
-            latencies.extend(done - arrive[i] for i in range(head, ready))
-            sizes.append(ready - head)
-            head = ready
-    wall = done - begin
-    cpu_parent = (time.process_time() - cpu_parent) / wall
-    cpu_worker = (worker_cpu(worker) - cpu_worker) / wall
-    achieved = n / wall  # below the offered rate only when the batcher falls behind
-    p50, p99 = quantiles_ms(latencies)
-    mean_batch = statistics.fmean(sizes)
+
+def contention(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    others, steal, wall = (b - a for a, b in zip(before, after, strict=True))
     return (
-        f"| {rate:,} | {batch_max} | {wait_s * 1e3:g} | {achieved:,.0f} | {mean_batch:,.1f} "
-        f"| {p50:.2f} | {p99:.2f} | {max(latencies) * 1e3:.2f} | {pauses.longest * 1e3:.1f} "
-        f"| {cpu_parent:.0%} / {cpu_worker:.0%} |"
+        f"while section 1 ran ({wall:.0f} s), other jobs kept {others / wall:.2f} of the "
+        f"{os.cpu_count()} CPUs busy on average and the hypervisor withheld "
+        f"{steal / wall:.2f} (steal)"
     )
+
+
+def header(provider: str, before: str, after: str, busy: str, budget_s: float) -> list[str]:
+    cores = os.cpu_count()
+    return [
+        f"# inference benchmark, {datetime.now(UTC):%Y-%m-%d}, {cores} cores",
+        "",
+        f"Machine: {cores} cores, shared with other jobs (load average 1 / 5 / 15 min: "
+        f"{before} before, {after} after; {busy}), so rates move from run to run, most at "
+        "small batches; every ratio compares ways measured in alternating slices of the "
+        "same run. "
+        f"Model: NEWS2 reference bundle (8 float32 inputs, 9 int64 outputs, 80 nodes). "
+        f"Provider: {provider} in the worker, the floor's child and the bare session alike "
+        f"(onnxruntime {ort.__version__}); threads: intra-op {LIMITS.threads}, inter-op 1.",
+        "",
+        "## 1. Rows/s: bare onnxruntime vs. the floor of any process hop vs. the sandbox",
+        "",
+        "bare: `InferenceSession.run` in this process (numpy in, numpy out). floor: the same "
+        "session in a forked child behind two raw pipes, no checks: the price of two process "
+        "wake-ups per call on this machine, which no worker-process design can go below. "
+        "sandbox: `Sandbox.run(batch)` (numpy in, checked numpy out). engine: "
+        "`InferenceEngine.score(requests)` end to end (features -> matrix -> sandbox -> "
+        "`InferenceResult`s). rows/s = rows x calls / time in calls, "
+        f"{budget_s:g} s per way and batch size in 8 alternating slices; the ratio of median "
+        "calls is shown too, as it moves less when other jobs burst. CPU per call: this "
+        "process plus the other one (from /proc, 10 ms ticks). calls: bare / floor / "
+        "sandbox / engine.",
+        "",
+    ]
+
+
+def summary(
+    stats: dict[int, dict[str, float]], means: dict[tuple[int, int, float], float]
+) -> list[str]:
+    met = [f"{n:,}" for n, st in stats.items() if st["ratio"] >= 0.5]
+    short = [f"{n:,} ({st['ratio']:.2f})" for n, st in stats.items() if st["ratio"] < 0.5]
+    small = [st for n, st in stats.items() if n <= 256]
+    hop, added = (statistics.median(st[k] for st in small) for k in ("hop", "added"))
+    floor = statistics.median(st["floor"] for st in small)
+    loaded, top = sorted(RATES)[-2:]
+    spread = [m for (r, b, _), m in means.items() if (r, b) == (loaded, 256)]
+    return [
+        f"**sandbox / bare >= 0.5 at batch sizes {', '.join(met) or 'none'}; below it at "
+        f"{', '.join(short) or 'none'}.** Under load ({loaded:,} rows/s offered, section 3) "
+        "with the gateway's settings (max batch 256, max wait 2 ms) the micro-batcher's "
+        f"mean batch was {means[loaded, 256, 2.0]:.0f} rows ({min(spread):.0f} to "
+        f"{max(spread):.0f} with max wait 0 to 5 ms); at {top:,} rows/s batches fill to the "
+        "maximum (section 3 shows where one engine thread falls behind). So under load the "
+        "sandbox runs the 64-256 rows of this table; at light load, single rows, where "
+        "latency, not rows/s, is what counts.",
+        "",
+        "Why not 0.5 there (medians over batches up to 256): a call is two process "
+        "wake-ups. The worker is kept on its caller's CPU (on this VM a wake-up across "
+        f"CPUs costs about 100 µs); the hop (floor - bare) still cost {hop:.0f} µs in this "
+        "run (about 20 µs on a quiet machine, more when other jobs take the CPU), so even "
+        f"the floor, with no framing or checks, is {floor:.2f} of bare. What the sandbox adds "
+        f"to the floor, {added:.0f} µs, is Python run right after a wake-up, when this VM "
+        "leaves caches cold: the framing and checks take under 6 µs in a hot loop (section "
+        "2), 3-4 times that in a call, plus the call's deadline, retry and placement "
+        "bookkeeping and the worker's loop. That is about as long as a small batch's whole "
+        "bare run. From 1,024 rows the model's own time dominates. Busy-waiting instead "
+        "of sleeping would keep both sides hot, but costs a core per model even when idle "
+        "and, on 2 cores with the GIL, slows the gateway's other stages: not done.",
+        "",
+    ]
+
+
+SPLIT_INTRO = [
+    "## 2. Where a call's time goes (median µs per call)",
+    "",
+    "session.run, framing and the engine's steps are each timed on their own in this "
+    "process (hot caches). floor - bare: the two wake-ups and cold caches of a process hop. "
+    "framing + checks: the parent's (check the OUTPUTS header against the declared layout, "
+    "build numpy views) and the worker's (RUN frame -> batch view, outputs -> OUTPUTS "
+    "buffers); sandbox - floor: all the sandbox adds to the floor (framing, checks, "
+    "deadlines, the call's bookkeeping). Engine: requests -> float32 matrix (`_matrix`), "
+    "outputs -> one float dict per row (`_rows`), -> `InferenceResult` (`_result`).",
+    "",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     args = parser.parse_args()
-    budget_s = 0.2 if args.quick else 0.8
+    budget_s = 0.2 if args.quick else 1.0
     seconds = 0.3 if args.quick else 1.0
-    out = [f"# inference benchmark, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores", ""]
+    load_before = load()
     key = Ed25519PrivateKey.generate()
+    out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         build_news2_bundle(models / "news2", key)
@@ -319,77 +375,25 @@ def main() -> None:
         sandbox = Sandbox(bundle, LIMITS)
         try:
             sandbox.start()
-            provider = sandbox.provider
-            session = bare_session(bundle, provider)
-            out += [
-                f"Model: NEWS2 reference bundle (8 float32 inputs, 9 int64 outputs). Provider: "
-                f"{provider} (sandbox worker and bare session alike; onnxruntime "
-                f"{ort.__version__}, available: {', '.join(ort.get_available_providers())}). "
-                f"Threads: intra-op {LIMITS.threads}, inter-op 1 in both. Machine: "
-                f"{os.cpu_count()} cores; the sandbox worker is a second process, so it can "
-                "run on the other core. With CUDAExecutionProvider the same tables apply.",
-                "",
-                "## 1. Rows/s and call latency: bare onnxruntime vs. sandbox vs. engine",
-                "",
-                "bare: `InferenceSession.run` in-process; sandbox: `Sandbox.run(batch)` (worker "
-                "process, pipe framing); engine: `InferenceEngine.score(requests)` (requests -> "
-                "float32 matrix, the sandbox call, outputs -> `InferenceResult`s). "
-                "Calls: bare / sandbox / engine. The longest pause of Python's garbage "
-                "collector while the row was measured is shown: a full collection, triggered "
-                "by the objects a large engine batch creates, is what sets the engine's p99 "
-                "there.",
-                "",
-            ]
-            speed, split = layer_tables(session, sandbox, engine, budget_s)
-            out += [*speed, ""]
-            out += [
-                "## 2. Where a call's time goes (median µs per call)",
-                "",
-                "Measured in-process, each on its own: session.run (the bare call); "
-                "(de)serialise (`encode_arrays`/`decode_arrays` of the input and of the "
-                "outputs, i.e. both processes' share); requests -> matrix "
-                "(`InferenceEngine._matrix`); outputs -> floats (`_row` per request) and -> "
-                "`InferenceResult` (the pydantic objects). pipe + wake-up is the rest of the "
-                "sandbox call: writes, reads and select on both ends, waking the worker, and "
-                "any cost of the worker's session.run beyond the in-process one. sandbox and "
-                "engine are the measured medians of section 1.",
-                "",
-                *split,
-                "",
-            ]
-            out += [
-                "## 3. Micro-batching: latency from arrival to result",
-                "",
-                "Poisson arrivals at the offered rate, one row per request; a batch goes when "
-                "it holds max batch rows or its oldest row has waited max wait (0: whatever "
-                "has arrived); one `InferenceEngine.score` call per batch, same thread. "
-                f"{seconds:g} s of arrivals per row (at least 1,000 requests); the heap is "
-                "collected before each row, and the longest GC pause during it is shown. CPU: "
-                "busy share of one core, batcher process / sandbox worker.",
-                "",
-                "| offered rows/s | max batch | max wait ms | achieved rows/s | mean batch "
-                "| p50 ms | p99 ms | max ms | longest GC pause ms | CPU parent / worker |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
+            session = bare_session(bundle, sandbox.provider)
+            floor = Floor(session)
+            pids = [pid for pid in (sandbox.pid, engine._sandboxes["news2"].pid) if pid]
+            try:
+                start = machine_cpu([*pids, floor.pid])
+                speed, split, stats = speed_tables(session, floor, sandbox, engine, budget_s)
+                busy = contention(start, machine_cpu([*pids, floor.pid]))
+            finally:
+                floor.close()
             pool = requests_for(news2_rows(4096, SEED + 1), bundle.version)
-            engine.score("news2", pool[:256])  # warm-up
-            for k, rate in enumerate(RATES):
-                for batch_max in BATCH_MAX:
-                    for wait_ms in WAITS_MS:
-                        secs = max(seconds, 1000 / rate)
-                        out.append(
-                            microbatch(engine, pool, rate, batch_max, wait_ms / 1e3, secs, SEED + k)
-                        )
-            out += [
-                "",
-                f"At {max(RATES):,} rows/s the batcher runs near the engine's limit on one core "
-                "(section 1; with max batch 64, about 60,000 rows/s): queues form, one stall "
-                "(a GC pause, the scheduler on a small machine) sets p99, and those rows vary "
-                "from run to run.",
-            ]
+            batching, means = batching_section(engine, pool, seconds, SEED)
         finally:
             sandbox.close()
             engine.close()
+    out += header(sandbox.provider, load_before, load(), busy, budget_s)
+    out += [*speed, ""]
+    out += summary(stats, means)
+    out += [*SPLIT_INTRO, *split, ""]
+    out += [*batching, ""]
     text = "\n".join(out) + "\n"
     print(text)
     if not args.quick:

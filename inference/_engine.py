@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,16 +29,21 @@ from inference._sandbox import Sandbox, SandboxLimits
 from schemas import InferenceRequest, InferenceResult
 
 
-def _row(outputs: dict[str, Any], i: int) -> dict[str, float]:
-    """Row ``i`` of every output; an output with several values per row becomes name[j]."""
-    row: dict[str, float] = {}
-    for name, array in outputs.items():
-        values = np.asarray(array[i]).reshape(-1)
-        if values.size == 1:
-            row[name] = float(values[0])
-        else:
-            row.update({f"{name}[{j}]": float(v) for j, v in enumerate(values)})
-    return row
+def _rows(outputs: dict[str, npt.NDArray[Any]], n: int) -> list[dict[str, float]]:
+    """Each of the ``n`` rows' outputs as floats; an output with several values per row
+    becomes ``name[j]`` (one float64 table, then one dict per row: no per-value numpy)."""
+    arrays = list(outputs.values())
+    if all(a.ndim == 1 for a in arrays):  # the usual case: one value per row and output
+        keys = list(outputs)
+        table = np.array(arrays, dtype=np.float64).reshape(len(arrays), n).T
+    else:
+        keys = []
+        columns = [a.reshape(n, -1) for a in arrays]
+        for name, column in zip(outputs, columns, strict=True):
+            width = column.shape[1]
+            keys += [name] if width == 1 else [f"{name}[{j}]" for j in range(width)]
+        table = np.concatenate(columns, axis=1, dtype=np.float64)
+    return [dict(zip(keys, row, strict=True)) for row in table.tolist()]
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,30 @@ class RowFailure:
     reason: str
 
 
+_RESULT_FIELDS = tuple(InferenceResult.model_fields)
+_NAME, _VALUE = attrgetter("name"), attrgetter("value")
+
+
 def _result(request: InferenceRequest, outputs: dict[str, float]) -> InferenceResult:
-    return InferenceResult(
-        model_id=request.model_id,
-        model_version=request.model_version,
-        message_id=request.message_id,
-        subject=request.subject,
-        outputs=outputs,
-    )
+    """The result for a validated request and its float outputs, built without validation.
+
+    What ``model_construct`` does for this model, less its generic per-field loop: 0.8 µs
+    a result against 2.0 validated and 2.3 through ``model_construct`` (9 outputs). Every
+    value here is already typed; ``tests/test_sandbox.py`` checks the two are equal.
+    """
+    result = InferenceResult.__new__(InferenceResult)
+    fields = {
+        "model_id": request.model_id,
+        "model_version": request.model_version,
+        "message_id": request.message_id,
+        "subject": request.subject,
+        "outputs": outputs,
+    }
+    object.__setattr__(result, "__dict__", fields)
+    object.__setattr__(result, "__pydantic_fields_set__", set(_RESULT_FIELDS))
+    object.__setattr__(result, "__pydantic_extra__", None)
+    object.__setattr__(result, "__pydantic_private__", None)
+    return result
 
 
 class _Bisection:
@@ -98,8 +120,17 @@ class _Bisection:
             for a, b in ((lo, mid), (mid, hi)):
                 self._slice(a, b, 2 if b - a == 1 else 1)
             return
-        for i in range(hi - lo):
-            self.scored[lo + i] = _row(outputs, i)
+        for i, row in enumerate(_rows(outputs, hi - lo)):
+            self.scored[lo + i] = row
+
+
+def _finite(rows: list[list[float]], names: list[str]) -> npt.NDArray[np.float64]:
+    """``rows`` as a float64 table; ``ValueError`` naming the first value that is not finite."""
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+    if not np.isfinite(table).all():
+        i, j = np.argwhere(~np.isfinite(table))[0]
+        raise ValueError(f"request {i}: input {names[j]} is not a finite number")
+    return table
 
 
 class InferenceEngine:
@@ -162,7 +193,8 @@ class InferenceEngine:
         if not requests:
             return []
         outputs = sandbox.run(self._matrix(sandbox, requests))
-        return [_result(request, _row(outputs, i)) for i, request in enumerate(requests)]
+        rows = _rows(outputs, len(requests))
+        return [_result(request, row) for request, row in zip(requests, rows, strict=True)]
 
     def score_isolating(
         self, manifest_id: str, requests: list[InferenceRequest]
@@ -195,21 +227,30 @@ class InferenceEngine:
 
     @staticmethod
     def _matrix(sandbox: Sandbox, requests: list[InferenceRequest]) -> npt.NDArray[np.float32]:
-        """The float32 batch, one row per request (``ValueError`` for a row that does not fit)."""
+        """The float32 batch, one row per request (``ValueError`` for a row that does not fit:
+        the first such row, and in it the first fault, as a row-by-row check would find)."""
         manifest = sandbox.bundle.manifest
-        columns = {name: j for j, name in enumerate(manifest.column_names)}
-        batch = np.empty((len(requests), len(columns)), dtype=np.float32)
+        model = (manifest.id, manifest.version)
+        names = manifest.column_names
+        wanted = set(names)
+        rows: list[list[float]] = []
         for i, request in enumerate(requests):
-            if (request.model_id, request.model_version) != (manifest.id, manifest.version):
-                raise ValueError(f"request {i} is for another model or version")
-            values = {f.name: f.value for f in request.features}
-            if values.keys() != columns.keys():
-                raise ValueError(f"request {i} does not fill exactly the model's inputs")
-            for name, j in columns.items():
-                if not math.isfinite(values[name]):
-                    raise ValueError(f"request {i}: input {name} is not a finite number")
-                batch[i, j] = values[name]
-        return batch
+            fault = ""
+            features = request.features
+            if (request.model_id, request.model_version) != model:
+                fault = "is for another model or version"
+            elif list(map(_NAME, features)) == names:  # the extractor's order
+                rows.append(list(map(_VALUE, features)))
+            else:
+                by_name = {f.name: f.value for f in features}
+                if by_name.keys() == wanted:
+                    rows.append([by_name[name] for name in names])
+                else:
+                    fault = "does not fill exactly the model's inputs"
+            if fault:
+                _finite(rows, names)  # a non-finite value in an earlier row comes first
+                raise ValueError(f"request {i} {fault}")
+        return _finite(rows, names).astype(np.float32)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per model id: version, key id, provider, enforcement, restarts, worker failures and

@@ -2,28 +2,28 @@
 
 The parent side is blocking (the gateway calls it through ``asyncio.to_thread``) and
 thread-safe (one call at a time per sandbox). Every call has a wall-clock deadline; when
-the deadline passes or the worker dies (a crash, or a kill by RLIMIT_AS / RLIMIT_CPU), the
-worker is killed, a fresh one is started and the batch is retried on it (``attempts``, two
-by default). When every attempt fails, :class:`SandboxError` says why; the engine then
-bisects the batch to find the rows at fault. A model error reported by a healthy worker
-(bad shape, say) is not retried: it would fail the same way. Each loss is kept as
-``last_failure`` (and counted in ``failures``) for ``/readyz``.
+the deadline passes, the worker dies (a crash, or a kill by RLIMIT_AS / RLIMIT_CPU) or its
+reply breaks the protocol (``inference._pipe`` checks every byte before it is believed),
+the worker is killed, a fresh one is started and the batch is retried on it (``attempts``,
+two by default; a worker found dead before the call reached it is replaced without using
+one). When every attempt fails, :class:`SandboxError` says why; the engine then bisects the
+batch to find the rows at fault. A model error reported by a healthy worker (bad shape,
+say) is not retried: it would fail the same way. Each loss is kept as ``last_failure`` (and
+counted in ``failures``) for ``/readyz``. A one-thread worker is kept on its caller's CPU
+(see ``WorkerProcess.follow_caller``): a call is two process wake-ups, and across CPUs each
+can cost more than a small model's whole run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import select
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,16 +31,27 @@ import numpy.typing as npt
 from inference import _worker as wire
 from inference._bundle import ModelBundle
 from inference._errors import SandboxError, WorkerUnavailable
+from inference._pipe import (
+    MAX_TEXT,
+    OutputLayout,
+    ProtocolViolation,
+    WorkerGone,
+    WorkerLost,
+    WorkerProcess,
+    parse_ready,
+)
 
-_WORKER = Path(wire.__file__).resolve()
-_PASS_ENV = ("PATH", "LANG", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 _RECYCLE_AT = 0.8  # of the worker's CPU budget
 _TIMES = {1: "once", 2: "twice"}
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-worker limits. ``cpu_seconds`` is a lifetime budget: the worker is recycled at 80%."""
+    """Per-worker limits. ``cpu_seconds`` is a lifetime budget: the worker is recycled at 80%.
+
+    ``memory_bytes`` also caps an OUTPUTS frame (the worker cannot hold larger outputs).
+    """
 
     memory_bytes: int = 2 << 30
     cpu_seconds: int = 600
@@ -51,120 +62,16 @@ class SandboxLimits:
     use_gpu: bool = True
     drop_privileges: bool = True
 
-
-class _WorkerLost(Exception):
-    """The worker timed out, died or broke the protocol; restart and retry."""
-
-
-def _worker_env(threads: int) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/bin:/bin")
-    env.setdefault("LANG", "C.UTF-8")
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["ORT_DISABLE_TELEMETRY"] = "1"  # onnxruntime >= 1.2x keeps a telemetry cache ...
-    env["HOME"] = env["XDG_CACHE_HOME"] = "/nonexistent"  # ... under $XDG_CACHE_HOME
-    return env
-
-
-class _Worker:
-    """One worker process and its two pipes, with deadline-bounded frame I/O."""
-
-    def __init__(self, limits: SandboxLimits) -> None:
-        cmd = [
-            sys.executable,
-            "-I",
-            str(_WORKER),
-            f"--memory-bytes={limits.memory_bytes}",
-            f"--cpu-seconds={limits.cpu_seconds}",
-            f"--gpu-mem-limit={limits.gpu_mem_limit_bytes}",
-            f"--threads={limits.threads}",
+    def worker_args(self) -> list[str]:
+        args = [
+            f"--memory-bytes={self.memory_bytes}",
+            f"--cpu-seconds={self.cpu_seconds}",
+            f"--gpu-mem-limit={self.gpu_mem_limit_bytes}",
+            f"--threads={self.threads}",
         ]
-        cmd += [] if limits.use_gpu else ["--no-gpu"]
-        cmd += [] if limits.drop_privileges else ["--keep-uid"]
-        self.env = _worker_env(limits.threads)
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=self.env,
-            cwd="/",
-            close_fds=True,
-            bufsize=0,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._w = self.proc.stdin.fileno()
-        self._r = self.proc.stdout.fileno()
-        os.set_blocking(self._w, False)
-        os.set_blocking(self._r, False)
-        self.cpu_used = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, kind: int, payload: bytes, deadline: float) -> None:
-        data = memoryview(wire.HEADER.pack(kind, len(payload)) + payload)
-        while data:
-            self._wait(self._w, write=True, deadline=deadline)
-            try:
-                n = os.write(self._w, data)
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, OSError):
-                raise _WorkerLost(self._death("worker pipe closed")) from None
-            data = data[n:]
-
-    def recv(self, deadline: float) -> tuple[int, bytes]:
-        kind, length = wire.HEADER.unpack(self._read(wire.HEADER.size, deadline))
-        return kind, self._read(length, deadline)
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            self._wait(self._r, write=False, deadline=deadline)
-            try:
-                chunk = os.readv(self._r, [view[got:]])
-            except BlockingIOError:
-                continue
-            if chunk == 0:
-                raise _WorkerLost(self._death("worker exited"))
-            got += chunk
-        return bytes(buf)
-
-    def _wait(self, fd: int, write: bool, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _WorkerLost("timed out")
-        rlist, wlist = ([], [fd]) if write else ([fd], [])
-        ready = select.select(rlist, wlist, [], remaining)
-        if not ready[0] and not ready[1]:
-            raise _WorkerLost("timed out")
-
-    def _death(self, what: str) -> str:
-        try:
-            code = self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            return what
-        return f"{what} (signal {-code})" if code < 0 else f"{what} (exit status {code})"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-    def stop(self) -> None:
-        try:
-            self.send(wire.EXIT, b"", time.monotonic() + 1)
-            self.proc.wait(timeout=2)
-        except (_WorkerLost, subprocess.TimeoutExpired):
-            pass
-        self.kill()
+        args += [] if self.use_gpu else ["--no-gpu"]
+        args += [] if self.drop_privileges else ["--keep-uid"]
+        return args
 
 
 class Sandbox:
@@ -173,7 +80,8 @@ class Sandbox:
     def __init__(self, bundle: ModelBundle, limits: SandboxLimits | None = None) -> None:
         self.bundle = bundle
         self.limits = limits or SandboxLimits()
-        self._worker: _Worker | None = None
+        self._worker: WorkerProcess | None = None
+        self._layout: OutputLayout | None = None
         self._lock = threading.Lock()
         self._width = len(bundle.manifest.inputs)
         self.provider = "not started"
@@ -191,7 +99,7 @@ class Sandbox:
             if self._worker is None:
                 try:
                     self._worker = self._spawn()
-                except _WorkerLost as exc:
+                except WorkerLost as exc:
                     raise SandboxError(f"worker failed to start: {exc}") from None
 
     def close(self) -> None:
@@ -214,25 +122,25 @@ class Sandbox:
         """The current worker's pid (for operators and tests)."""
         return self._worker.pid if self._worker is not None else None
 
-    def _spawn(self) -> _Worker:
-        worker = _Worker(self.limits)
+    def _spawn(self) -> WorkerProcess:
+        worker = WorkerProcess(self.limits.worker_args(), self.limits.threads)
         deadline = time.monotonic() + self.limits.start_timeout_s
         try:
             if self.bundle.custom_ops is not None:
-                worker.send(wire.CUSTOM_OPS, self.bundle.custom_ops, deadline)
-            worker.send(wire.MODEL, self.bundle.model_bytes, deadline)
-            kind, payload = worker.recv(deadline)
-        except _WorkerLost:
+                worker.send(wire.CUSTOM_OPS, [self.bundle.custom_ops], deadline)
+            worker.send(wire.MODEL, [self.bundle.model_bytes], deadline)
+            kind, payload = worker.recv(deadline, {wire.READY: MAX_TEXT, wire.ERROR: MAX_TEXT})
+            if kind != wire.READY:
+                raise WorkerLost(payload.tobytes().decode(errors="replace"))
+            ready = parse_ready(payload, self.bundle.manifest.outputs)
+        except WorkerLost:
             worker.kill()
             raise
-        if kind != wire.READY:
-            worker.kill()
-            raise _WorkerLost(payload.decode(errors="replace"))
-        ready = json.loads(payload)
         self._started = True
-        self.provider = str(ready["provider"])
+        self._layout = ready["layout"]
+        self.provider = ready["provider"]
         self.enforcement = {
-            **{str(k): str(v) for k, v in ready["enforcement"].items()},
+            **ready["enforcement"],
             "environment": "scrubbed: only " + ", ".join(sorted(worker.env)) + "; python -I",
             "wall_clock": (
                 f"{self.limits.call_timeout_s:g} s per call, "
@@ -250,55 +158,89 @@ class Sandbox:
         ``attempts``: how many workers the batch may be tried on before
         :class:`SandboxError` (:class:`WorkerUnavailable` when no worker could start).
         """
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if (
+            type(batch) is not np.ndarray
+            or batch.dtype != np.float32
+            or not batch.flags.c_contiguous
+        ):
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != self._width:
             raise ValueError(f"batch must be float32 [N, {self._width}]")
-        payload = wire.encode_arrays({self.bundle.manifest.onnx_input: batch})
-        kind, reply = self._call(wire.RUN, payload, attempts)
-        if kind == wire.ERROR:
-            raise SandboxError(f"model error: {reply.decode(errors='replace')}")
-        cpu, outputs = wire.decode_outputs(reply)
+        rows = len(batch)
+        parts = [wire.RUN_SHAPE.pack(rows, self._width), batch]
+        caps = {wire.OUTPUTS: max(self.limits.memory_bytes, MAX_TEXT), wire.ERROR: MAX_TEXT}
+
+        def outputs(kind: int, body: memoryview) -> tuple[float, dict[str, Any]]:
+            if kind == wire.ERROR:
+                raise SandboxError(f"model error: {body.tobytes().decode(errors='replace')}")
+            assert self._layout is not None  # set by the _spawn that started this worker
+            return self._layout.decode(body, rows)
+
+        cpu, result = self._call(wire.RUN, parts, caps, outputs, attempts)
         if cpu > _RECYCLE_AT * self.limits.cpu_seconds > 0:
             self._recycle()
-        return outputs
+        return result
 
     def self_check(self, connect_to: tuple[str, int] | None = None) -> dict[str, Any]:
         """Ask the worker what it sees: env keys, uid, fds, limits, and a connect attempt."""
         request = {"connect": list(connect_to)} if connect_to else {}
-        kind, reply = self._call(wire.SELFCHECK, json.dumps(request).encode())
-        if kind != wire.REPORT:
-            raise SandboxError(f"self-check failed: {reply.decode(errors='replace')}")
-        report: dict[str, Any] = json.loads(reply)
-        return report
 
-    def _call(self, kind: int, payload: bytes, attempts: int = 2) -> tuple[int, bytes]:
+        def report(kind: int, body: memoryview) -> dict[str, Any]:
+            text = body.tobytes().decode(errors="replace")
+            if kind != wire.REPORT:
+                raise SandboxError(f"self-check failed: {text}")
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise ProtocolViolation("malformed REPORT frame")
+            return parsed
+
+        caps = {wire.REPORT: MAX_TEXT, wire.ERROR: MAX_TEXT}
+        return self._call(wire.SELFCHECK, [json.dumps(request).encode()], caps, report)
+
+    def _call(
+        self,
+        kind: int,
+        parts: Sequence[Any],
+        caps: dict[int, int],
+        parse: Callable[[int, memoryview], _T],
+        attempts: int = 2,
+    ) -> _T:
+        """Send one frame and ``parse`` the reply, on up to ``attempts`` workers.
+
+        ``parse`` raises :class:`WorkerLost` (a protocol violation) for a reply not to be
+        trusted: that worker is killed like one that died, and the call retried.
+        """
         with self._lock:
-            reason, unavailable = "", False
-            for _ in range(attempts):
+            reason, unavailable, tries, gone = "", False, 0, False
+            while tries < attempts:
+                tries += 1
                 try:
                     worker = self._live_worker()
-                except _WorkerLost as exc:
+                except WorkerLost as exc:
                     reason, unavailable = self._lost(f"worker failed to start: {exc}"), True
                     continue
                 unavailable = False
                 try:
+                    if self.limits.threads == 1:  # one thread: it can share the caller's CPU
+                        worker.follow_caller()
                     deadline = time.monotonic() + self.limits.call_timeout_s
-                    worker.send(kind, payload, deadline)
-                    return worker.recv(deadline)
-                except _WorkerLost as exc:
+                    worker.send(kind, parts, deadline)
+                    return parse(*worker.recv(deadline, caps))
+                except WorkerLost as exc:
                     worker.kill()
                     self._worker = None
                     reason = self._lost(str(exc))
+                    if isinstance(exc, WorkerGone) and not gone:  # died between calls:
+                        tries, gone = tries - 1, True  # the call never reached it
             error = WorkerUnavailable if unavailable else SandboxError
             times = _TIMES.get(attempts, f"{attempts} times")
             raise error(f"worker failed {times}; last: {reason}")
 
-    def _live_worker(self) -> _Worker:
-        """The current worker, or a fresh one when there is none or it died between calls."""
-        if self._worker is not None and self._worker.proc.poll() is not None:
-            self._lost(self._worker._death("worker exited between calls"))
-            self._worker.kill()
-            self._worker = None
+    def _live_worker(self) -> WorkerProcess:
+        """The current worker, or a fresh one (counted as a restart after the first)."""
         if self._worker is None:
             restart = self._started
             self._worker = self._spawn()
@@ -319,5 +261,5 @@ class Sandbox:
                 self._worker.stop()
                 self._worker = None
             # if this fails, the next call starts one (and retries) and reports if it cannot
-            with contextlib.suppress(_WorkerLost):
+            with contextlib.suppress(WorkerLost):
                 self._worker = self._spawn()

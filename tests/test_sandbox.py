@@ -15,11 +15,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from inference import (
     NEWS2_COLUMNS,
@@ -34,8 +36,9 @@ from inference import (
     build_news2_bundle,
     load_bundle,
 )
+from inference._engine import _result, _rows
 from inference._errors import WorkerUnavailable
-from schemas import FeatureValue, InferenceRequest, ObservationFact
+from schemas import FeatureValue, InferenceRequest, InferenceResult, ObservationFact
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +285,50 @@ def test_model_whose_worker_cannot_start_is_refused_not_fatal(
     with InferenceEngine(models_dir, [publisher.public_key()], limits) as eng:
         assert eng.models == []
         assert eng.refused["news2"].startswith("worker failed to start")
+
+
+def test_outputs_become_one_float_dict_per_row_with_name_j_for_wide_outputs() -> None:
+    outputs: dict[str, np.ndarray[Any, Any]] = {
+        "score": np.array([1, 2], dtype=np.int64),
+        "probs": np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32),
+        "flag": np.array([[True], [False]]),
+    }
+    assert _rows(outputs, 2) == [
+        {"score": 1.0, "probs[0]": 0.25, "probs[1]": 0.75, "flag": 1.0},
+        {"score": 2.0, "probs[0]": 0.5, "probs[1]": 0.5, "flag": 0.0},
+    ]
+
+
+def test_results_built_without_validation_equal_validated_ones() -> None:
+    req = request(5, NORMAL)
+    fast = _result(req, {"total": 3.0})
+    slow = InferenceResult(
+        model_id="news2",
+        model_version="1.0.0",
+        message_id=5,
+        subject="psn-5",
+        outputs={"total": 3.0},
+    )
+    assert fast == slow and fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_copy(update={"message_id": 6}).message_id == 6
+    with pytest.raises(ValidationError):
+        fast.subject = "other"  # still frozen
+
+
+def test_features_may_come_in_any_order_and_the_first_fault_is_the_one_reported(
+    engine: InferenceEngine,
+) -> None:
+    shuffled = request(1, NORMAL)
+    shuffled = shuffled.model_copy(update={"features": shuffled.features[::-1]})
+    [result] = engine.score("news2", [shuffled])
+    assert result.outputs["total"] == 0.0
+    nan_first = request(2, {**NORMAL, "heart_rate": float("nan")})
+    other_model = request(3, NORMAL).model_copy(update={"model_id": "qsofa"})
+    with pytest.raises(ValueError, match="request 0: input heart_rate is not a finite number"):
+        engine.score("news2", [nan_first, other_model])
+    with pytest.raises(ValueError, match="request 1 is for another model"):
+        engine.score("news2", [request(4, NORMAL), other_model, nan_first])
+    missing = request(5, NORMAL).model_copy(update={"features": request(5, NORMAL).features[1:]})
+    with pytest.raises(ValueError, match="request 0 does not fill exactly the model's inputs"):
+        engine.score("news2", [missing])
