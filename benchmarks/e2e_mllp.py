@@ -9,8 +9,11 @@ Prints (and benchmarks/e2e_mllp.out keeps) these tables, each measured in this r
    around each stage draining the same messages; robust to other load on the machine);
 4. end-to-end throughput of a real gateway subprocess: ORU messages/s from the first
    send to the last disposition, with pipelined senders on several connections, and the
-   CPU each process spent per message (``/proc``: user + system);
-5. ACK latency p50/p99 at fixed offered rates (scheduled sends, not closed-loop).
+   CPU each process spent per message (``/proc``: user + system; one row per pipeline
+   process, ADR 7; ``--processes process/infer,writeback`` picks the layout);
+5. ACK latency p50/p99 at fixed offered rates (scheduled sends, not closed-loop);
+6. advisory latency (receipt -> advisories written) at fixed offered rates, each started
+   once the backlog of the tables before it is disposed.
 
 Wall-clock figures (rates, latencies, busy time) move with whatever else the machine runs;
 compare CPU figures across runs, and wall-clock ones only within a run.
@@ -209,6 +212,20 @@ def disposed(data_dir: Path) -> int:
         conn.close()
 
 
+def settle(gw: GatewayProcess) -> None:
+    """Wait until every journaled message has its disposition (no backlog)."""
+    conn = sqlite3.connect(f"file:{gw.data_dir / 'journal.db'}?mode=ro", uri=True)
+    try:
+        (journaled,) = conn.execute("SELECT COUNT(*) FROM journal").fetchone()
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 600
+    while disposed(gw.data_dir) < journaled:
+        if time.monotonic() > deadline:
+            raise RuntimeError("dispositions stalled")
+        time.sleep(0.05)
+
+
 def throughput(
     gw: GatewayProcess, n: int, tag: str, connections: int = 8, window: int = 64
 ) -> list[str]:
@@ -216,8 +233,10 @@ def throughput(
     chunks = [batch[i::connections] for i in range(connections)]
     base = disposed(gw.data_dir)
     assert gw.proc is not None
-    status = json.loads((gw.data_dir / "pipeline.status.json").read_text())
-    pids = {"gateway (ingest, API)": gw.proc.pid, "pipeline": int(status["pid"])}
+    pids = {"gateway (ingest, API)": gw.proc.pid}
+    for path in sorted(gw.data_dir.glob("pipeline*.status.json")):  # one per process (ADR 7)
+        status = json.loads(path.read_text())
+        pids[f"pipeline ({', '.join(status['stages'])})"] = int(status["pid"])
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
 
@@ -310,6 +329,7 @@ def advisory_latency(gw: GatewayProcess, offered: int, seconds: float) -> str:
     fixed offered rate: both timestamps are the gateway's own (journal, dispositions)."""
     tag = f"ADV{offered}-"
     batch = messages(int(offered * seconds), tag)
+    settle(gw)  # the backlog of an earlier table would count as this one's messages
     base = disposed(gw.data_dir)
     paced(gw, batch, offered, connections=4)
     deadline = time.monotonic() + 600
@@ -332,6 +352,13 @@ def advisory_latency(gw: GatewayProcess, offered: int, seconds: float) -> str:
         (datetime.fromisoformat(done) - datetime.fromisoformat(got)).total_seconds()
         for got, done in rows
     ]
+    if len(waits) < 2:  # say what became of them rather than lose the whole run's output
+        conn = sqlite3.connect(f"file:{gw.data_dir / 'wardgate.db'}?mode=ro", uri=True)
+        counts = conn.execute(
+            "SELECT outcome, COUNT(*) FROM dispositions WHERE message_id > ? GROUP BY 1", (base,)
+        ).fetchall()
+        conn.close()
+        return f"| {offered} msgs/s | {len(batch)} | {len(waits)} (outcomes: {counts}) | | | |"
     q = statistics.quantiles(waits, n=100)
     return (
         f"| {offered} msgs/s | {len(batch)} | {len(waits)} | {q[49] * 1000:.1f} | "
@@ -342,15 +369,28 @@ def advisory_latency(gw: GatewayProcess, offered: int, seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=6000)
+    parser.add_argument(
+        "--processes",
+        default=None,
+        help="pipeline.processes as groups split by '/': process/infer,writeback "
+        "(default: the configured default)",
+    )
     args = parser.parse_args()
+    config = (
+        {"pipeline": {"processes": [g.split(",") for g in args.processes.split("/")]}}
+        if args.processes
+        else None
+    )
     sample = messages(1000, "P")
     out = [f"# e2e_mllp benchmark, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores", ""]
+    layout = args.processes or "/".join(",".join(g) for g in Settings().pipeline.processes)
+    out += [f"pipeline processes: {layout}", ""]
     out += ["## HL7 v2 parse rate (same 1,000 ORU^R01, 7 OBX each)", "", *parse_table(sample), ""]
     out += ["## Where a message's CPU goes (in-process, one core)", "", *stage_table(sample), ""]
     out += ["## The pipeline's CPU per message (in-process, one core)", ""]
     out += [*pipeline_cpu_table(min(args.messages, 2000)), ""]
     with tempfile.TemporaryDirectory() as tmp:
-        gw = GatewayProcess(Path(tmp) / "data").start()
+        gw = GatewayProcess(Path(tmp) / "data", config).start()
         try:
             throughput(gw, 500, "WARM")  # warm-up: sandbox, SQLite caches
             out += ["## End to end through a real gateway (MLLP -> disposition)", ""]

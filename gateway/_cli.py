@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -107,14 +108,29 @@ def demo_cmd(
 
 
 @stage_app.command("pipeline")
-def stage_pipeline(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Run the normalize, infer and writeback stages (``run`` starts this for you)."""
-    from gateway._pipeline import Pipeline, exit_with_parent
+def stage_pipeline(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="the stages this process runs, upstream first (a group of pipeline.processes)"
+        ),
+    ] = "process,infer,writeback",
+) -> None:
+    """Run pipeline stages: normalize, infer, writeback (``run`` starts these for you)."""
+    from gateway._groups import exit_with_parent, parse_stages
+    from gateway._pipeline import Pipeline
 
     exit_with_parent()
+    try:
+        chosen = parse_stages(stages)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--stages") from None
     settings = _settings(config, data_dir)
     configure(settings.log_level)
-    Pipeline(settings).run()
+    os.nice(settings.pipeline.nice)  # ingest first (ADR 7); the sandbox workers inherit it
+    Pipeline(settings, chosen).run()
 
 
 @audit_app.command("verify")

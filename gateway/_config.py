@@ -127,6 +127,51 @@ class DeidConfig(BaseModel):
         )
 
 
+StageName = Literal["process", "infer", "writeback"]
+STAGES: tuple[StageName, ...] = ("process", "infer", "writeback")
+"""The pipeline's stages, upstream first: journal -> process -> infer -> writeback."""
+
+
+def _two_processes() -> list[list[StageName]]:
+    return [["process"], ["infer", "writeback"]]
+
+
+class PipelineConfig(BaseModel):
+    """How the stages are laid out in processes (ADR 7).
+
+    ``processes``: groups of stages, upstream first; each group is one supervised child
+    (``wardgate stage pipeline --stages a,b``) that takes its stages' locks, so at most
+    one consumer per topic runs. Default: normalize + de-identify in one process, infer +
+    writeback in another (the split measured best on 2 cores); ``[[process, infer,
+    writeback]]`` is the single-process layout of ADR 4.
+    """
+
+    processes: list[list[StageName]] = Field(default_factory=_two_processes)
+    batch_max: int = Field(
+        default=256,
+        ge=1,
+        description="most messages a normalize or writeback step takes at once (infer's is "
+        "inference.batch_max): a message waits for its whole batch to commit",
+    )
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="how much lower the pipeline processes' CPU priority is than ingest's: "
+        "with the stages on every core, ingest must still win the CPU to ACK within 10 ms",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _every_stage_once_in_order(cls, value: list[list[StageName]]) -> list[list[StageName]]:
+        if [s for group in value for s in group] != list(STAGES) or not all(value):
+            raise ValueError(
+                "pipeline.processes must list each of process, infer, writeback once, "
+                "upstream first, in non-empty groups (e.g. [[process], [infer, writeback]])"
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """The whole gateway's configuration."""
 
@@ -140,6 +185,7 @@ class Settings(BaseSettings):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     writeback: WritebackConfig = Field(default_factory=WritebackConfig)
     deid: DeidConfig = Field(default_factory=DeidConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     key_files: dict[str, Path] = Field(
         default_factory=dict, description="key name -> file holding it (Kubernetes secrets)"
     )

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -68,7 +69,13 @@ class Metrics:
 
 
 def merge_exposition(*texts: str) -> bytes:
-    """One valid exposition from several processes' (families with one name are joined)."""
+    """One valid exposition from several processes'.
+
+    Families with one name are joined, and a sample that several processes report with
+    the same labels (every process has the unlabelled histograms, zero where unused) is
+    summed, as counters and histograms add up across processes; ``_created`` keeps the
+    earliest time.
+    """
     families: dict[str, Metric] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -76,6 +83,18 @@ def merge_exposition(*texts: str) -> bytes:
                 families[family.name].samples.extend(family.samples)
             else:
                 families[family.name] = family
+    for family in families.values():
+        merged: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = sample
+            elif sample.name.endswith("_created"):
+                merged[key] = seen._replace(value=min(seen.value, sample.value))
+            else:
+                merged[key] = seen._replace(value=seen.value + sample.value)
+        family.samples = list(merged.values())
 
     class _Snapshot(Collector):
         def collect(self) -> Iterable[Metric]:

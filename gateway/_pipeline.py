@@ -1,39 +1,52 @@
-"""The pipeline process: normalize + de-identify, infer and writeback, off the ingest path.
+"""A pipeline process: some or all of normalize + de-identify, infer and writeback.
 
-``wardgate run`` starts this as a child process (``wardgate stage pipeline``) so that the
-CPU-heavy stages never share a GIL with the MLLP listener: ACK latency does not depend
-on how busy the pipeline is, and a crashing pipeline cannot take ingest down (the
-parent restarts it, and it resumes from its committed offsets). One pipeline per data
-dir: it holds an exclusive lock on ``pipeline.lock`` while it runs.
+``wardgate run`` starts the stages as supervised children (``wardgate stage pipeline
+--stages ...``), one per group of ``pipeline.processes`` (ADR 7), so that the CPU-heavy
+stages never share a GIL with the MLLP listener (ADR 4) nor, by default, with each other:
+normalize + de-identify in one process, infer + writeback in another. A crashing group
+cannot take ingest down (the parent restarts it, and it resumes from its committed
+offsets). Each group holds the lock of each of its stages (``pipeline.<stage>.lock``).
 
-It tells the parent how it is doing through two files it rewrites atomically:
-``pipeline.status.json`` (pid, models, provider, sandbox enforcement, refused bundles)
-and ``pipeline.metrics`` (its Prometheus samples, merged into the parent's /metrics).
+Within a process, consecutive stages wake each other (``threading.Event``) and take turns
+(a :class:`Baton`, ADR 6). Across processes, the last stage of a group rings the next
+group's doorbell (a FIFO, ``pipeline.<stage>.bell``) after each commit; the process stage
+polls ingest's journal every 2 ms when idle, as before.
+
+It tells the parent how it is doing through two files it rewrites atomically (named in
+``gateway._groups``): its status (pid, stages; with infer: models, provider, sandbox
+enforcement, refused bundles) and its Prometheus samples, merged into the parent's
+/metrics.
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
-import fcntl
 import gc
 import json
 import os
 import signal
-import sys
 import threading
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway._config import Settings
+from gateway._config import STAGES, Settings, StageName
+from gateway._groups import (
+    AUDIT_DIR,
+    audit_file,
+    group_name,
+    lock_stages,
+    metrics_file,
+    status_file,
+    write_atomically,
+)
 from gateway._infer import InferStage
 from gateway._journal import JournalReader
 from gateway._log import get_logger
 from gateway._metrics import Metrics
 from gateway._process import ProcessStage
-from gateway._stage import Baton, StageLoop
+from gateway._stage import IDLE_WAIT_S, Baton, Doorbell, Signal, Stage, StageLoop
 from gateway._store import Store
 from gateway._writeback import WritebackStage
 from inference import InferenceEngine, SandboxLimits, ensure_reference_bundles
@@ -42,90 +55,104 @@ from security.audit import AuditLog
 from security.deid import pseudonym
 
 log = get_logger("pipeline")
-STATUS_FILE = "pipeline.status.json"
-METRICS_FILE = "pipeline.metrics"
-AUDIT_DIR = "audit"
-_JOURNAL_POLL_S = 0.002  # the journal is written by another process: poll it when idle
+_JOURNAL_POLL_S = 0.002  # ingest writes the journal and rings no bell: poll it when idle
 _METRICS_EVERY_S = 1.0
-_PR_SET_PDEATHSIG = 1
-
-
-def exit_with_parent() -> None:
-    """Ask the kernel to SIGTERM us (and so drain) if the gateway that started us dies."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Pipeline:
     """The three stages over one data dir, with the models loaded in their sandboxes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stages: Sequence[StageName] = STAGES) -> None:
         self.settings = settings
+        self.stages = tuple(stages)
+        self.name = group_name(self.stages)
         data = settings.data_dir
-        self._lock = (data / "pipeline.lock").open("a")
-        fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX)  # waits for a previous pipeline
+        self._locks = lock_stages(data, self.stages)  # waits for a previous consumer
         self.keys = load_keyring(data, settings.key_files)
         self.metrics = Metrics()
         (data / AUDIT_DIR).mkdir(exist_ok=True, mode=0o700)
-        self.audit = AuditLog(data / AUDIT_DIR / "pipeline.log", self.keys.audit)
-        self.audit.append("pipeline", "started")
-        self.journal = JournalReader(data / "journal.db", self.keys.journal)
+        self.audit = AuditLog(audit_file(data, self.stages), self.keys.audit)
+        self.audit.append("pipeline", "started", stages=",".join(self.stages))
         self.store = Store(data / "wardgate.db")
-        self.vault = Vault(data / "vault.db", self.keys.vault)
-        self.engine = self._load_models()
-        deid = settings.deid.deidentifier(self.keys)
-        inference = settings.inference
-        wake_infer, wake_writeback = threading.Event(), threading.Event()
-        baton = Baton()  # one stage steps at a time: no GIL ping-pong between them (ADR 6)
-        self.loops = [
+        self.journal = (
+            JournalReader(data / "journal.db", self.keys.journal)
+            if "process" in self.stages
+            else None
+        )
+        self.vault = (
+            Vault(data / "vault.db", self.keys.vault)
+            if {"process", "writeback"} & set(self.stages)
+            else None
+        )
+        self.engine = self._load_models() if "infer" in self.stages else None
+        self._bells: list[Doorbell] = []
+        self.loops = self._wire()
+
+    def _wire(self) -> list[StageLoop]:
+        """One loop per stage, each woken by the stage upstream of it.
+
+        Within the process: an event. Across processes: the downstream stage's doorbell
+        (``pipeline.<stage>.bell``), except for the journal, which ingest does not ring:
+        the process stage polls it every 2 ms when idle.
+        """
+        wakes: list[Signal] = [threading.Event() for _ in self.stages]
+        first, last = self.stages[0], self.stages[-1]
+        if first != STAGES[0]:
+            wakes[0] = self._bell(first)
+        downstream = STAGES.index(last) + 1
+        notify_out = self._bell(STAGES[downstream]) if downstream < len(STAGES) else None
+        baton = Baton() if len(self.stages) > 1 else None  # no GIL ping-pong (ADR 6)
+        return [
             StageLoop(
-                ProcessStage(
-                    self.journal,
-                    self.store,
-                    deid,
-                    self.vault,
-                    self.audit,
-                    self.metrics,
-                    settings.timezone,
-                ),
-                threading.Event(),
-                wake_infer,
-                idle_wait_s=_JOURNAL_POLL_S,
+                self._stage(stage),
+                wakes[i],
+                wakes[i + 1] if i + 1 < len(wakes) else notify_out,
+                idle_wait_s=_JOURNAL_POLL_S if stage == STAGES[0] else IDLE_WAIT_S,
                 baton=baton,
-            ),
-            StageLoop(
-                InferStage(
-                    self.store,
-                    self.engine,
-                    self.audit,
-                    self.metrics,
-                    self._config_inputs(),
-                    inference.batch_max,
-                    inference.model_modes,
-                ),
-                wake_infer,
-                wake_writeback,
-                baton=baton,
-                linger_s=inference.batch_wait_ms / 1000,
-            ),
-            StageLoop(
-                WritebackStage(
-                    self.store, self.vault, self.audit, self.metrics, settings.writeback.mllp
-                ),
-                wake_writeback,
-                baton=baton,
-            ),
+                linger_s=self.settings.inference.batch_wait_ms / 1000 if stage == "infer" else 0,
+            )
+            for i, stage in enumerate(self.stages)
         ]
+
+    def _bell(self, stage: StageName) -> Doorbell:
+        bell = Doorbell(self.settings.data_dir / f"pipeline.{stage}.bell")
+        self._bells.append(bell)
+        return bell
+
+    def _stage(self, stage: StageName) -> Stage:
+        settings = self.settings
+        if stage == "process":
+            assert self.journal is not None and self.vault is not None
+            return ProcessStage(
+                self.journal,
+                self.store,
+                settings.deid.deidentifier(self.keys),
+                self.vault,
+                self.audit,
+                self.metrics,
+                settings.timezone,
+                settings.pipeline.batch_max,
+            )
+        if stage == "infer":
+            assert self.engine is not None
+            return InferStage(
+                self.store,
+                self.engine,
+                self.audit,
+                self.metrics,
+                self._config_inputs(),
+                settings.inference.batch_max,
+                settings.inference.model_modes,
+            )
+        assert self.vault is not None
+        return WritebackStage(
+            self.store,
+            self.vault,
+            self.audit,
+            self.metrics,
+            settings.writeback.mllp,
+            settings.pipeline.batch_max,
+        )
 
     def _load_models(self) -> InferenceEngine:
         models_dir = self.settings.data_dir / "models"
@@ -169,14 +196,14 @@ class Pipeline:
         return {"news2": scale2}
 
     def status(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "models": self.engine.status(),
-            "refused_bundles": self.engine.refused,
-        }
+        status: dict[str, Any] = {"pid": os.getpid(), "stages": list(self.stages)}
+        if self.engine is not None:
+            status["models"] = self.engine.status()
+            status["refused_bundles"] = self.engine.refused
+        return status
 
     def _publish_metrics(self, stop: threading.Event) -> None:
-        path = self.settings.data_dir / METRICS_FILE
+        path = metrics_file(self.settings.data_dir, self.stages)
         while not stop.wait(_METRICS_EVERY_S):
             write_atomically(path, self.metrics.render())
         write_atomically(path, self.metrics.render())
@@ -195,12 +222,14 @@ class Pipeline:
         publisher = threading.Thread(target=self._publish_metrics, args=(stop,), name="metrics")
         for thread in [*threads, publisher]:
             thread.start()
-        write_atomically(self.settings.data_dir / STATUS_FILE, json.dumps(self.status()).encode())
-        log.info("pipeline.running", count=len(self.engine.models))
+        status = json.dumps(self.status()).encode()
+        write_atomically(status_file(self.settings.data_dir, self.stages), status)
+        log.info("pipeline.running", stage=self.name)
         try:
             while not stop.wait(0.5):
                 pass
-            log.info("pipeline.draining")
+            log.info("pipeline.draining", stage=self.name)
+            self.audit.append("pipeline", "draining")
             for loop, thread in zip(self.loops, threads, strict=True):
                 loop.drain.set()
                 loop.wake.set()
@@ -213,12 +242,15 @@ class Pipeline:
             self.close()
 
     def close(self) -> None:
-        self.engine.close()
-        self.journal.close()
+        for resource in (self.engine, self.journal, self.vault):
+            if resource is not None:
+                resource.close()
         self.store.close()
-        self.vault.close()
+        for bell in self._bells:
+            bell.close()
         self.audit.append("pipeline", "stopped")
         self.audit.close()
-        (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
-        self._lock.close()
-        log.info("pipeline.stopped")
+        status_file(self.settings.data_dir, self.stages).unlink(missing_ok=True)
+        for lock in self._locks:
+            lock.close()
+        log.info("pipeline.stopped", stage=self.name)

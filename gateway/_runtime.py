@@ -1,12 +1,14 @@
-"""The embedded gateway: ingest and the API here, the pipeline in a supervised child.
+"""The embedded gateway: ingest and the API here, the pipeline in supervised children.
 
 Start-up order is the order of trust: keys, audit trail, journal, stores, vault, then
-the pipeline process (which loads and verifies the signed models), then the listeners.
-Shutdown (SIGTERM or ``stop``) runs the other way and drains: the MLLP listener stops
-accepting and finishes its pending ACKs, then the pipeline is told to drain, finishing
-everything the journal holds, and only then does the process exit. If the pipeline
-dies on its own it is restarted; it resumes from its committed offsets, so nothing
-accepted is lost and ingest keeps acknowledging meanwhile.
+the pipeline processes (one per group of ``pipeline.processes``; the one with infer loads
+and verifies the signed models), then the listeners. Shutdown (SIGTERM or ``stop``) runs
+the other way and drains, upstream first: the MLLP listener stops accepting and finishes
+its pending ACKs, then the first group is told to drain, finishing everything the journal
+holds, then the next group drains what the first one produced, and so on; only then does
+the process exit. A group that dies on its own is restarted with back-off; it resumes
+from its committed offsets, so nothing accepted is lost and ingest keeps acknowledging
+meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,12 @@ import uvicorn
 
 from adapters import MllpServer
 from gateway._api import ApiContext, create_app
-from gateway._config import Settings
+from gateway._config import Settings, StageName
+from gateway._groups import AUDIT_DIR, group_name, metrics_file, status_file
 from gateway._ingest import Ingest
 from gateway._journal import Journal
 from gateway._log import get_logger
 from gateway._metrics import Metrics, merge_exposition
-from gateway._pipeline import AUDIT_DIR, METRICS_FILE, STATUS_FILE
 from gateway._store import Store
 from security import Vault, load_keyring
 from security.audit import AuditLog
@@ -46,6 +49,20 @@ class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@dataclass
+class _Group:
+    """One supervised pipeline child: its stages, its current process, whether to stop."""
+
+    stages: tuple[StageName, ...]
+    proc: asyncio.subprocess.Process | None = None
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return group_name(self.stages)
 
 
 class Gateway:
@@ -68,23 +85,24 @@ class Gateway:
         self.mllp_port = 0
         self.http_port = 0
         self.ready = asyncio.Event()
-        self._pipeline: asyncio.subprocess.Process | None = None
+        self._groups = [_Group(tuple(stages)) for stages in settings.pipeline.processes]
         self._stopping = False
 
-    # -- the pipeline child -------------------------------------------------------------
+    # -- the pipeline children ---------------------------------------------------------
 
-    def _pipeline_status(self) -> dict[str, Any] | None:
-        """The running child's status file, if it is this child's and it has loaded."""
-        child = self._pipeline
+    def _group_status(self, group: _Group) -> dict[str, Any] | None:
+        """A running child's status file, if it is this child's and it has loaded."""
+        child = group.proc
         if child is None or child.returncode is not None:
             return None
         try:
-            status: dict[str, Any] = json.loads((self.settings.data_dir / STATUS_FILE).read_text())
+            path = status_file(self.settings.data_dir, group.stages)
+            status: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         return status if status.get("pid") == child.pid else None
 
-    async def _start_pipeline(self) -> asyncio.subprocess.Process:
+    async def _start_group(self, group: _Group) -> asyncio.subprocess.Process:
         cmd = [
             sys.executable,
             "-m",
@@ -93,56 +111,79 @@ class Gateway:
             "pipeline",
             "--data-dir",
             str(self.settings.data_dir),
+            "--stages",
+            ",".join(group.stages),
         ]
         if self._config_file is not None:
             cmd += ["--config", str(self._config_file)]
         return await asyncio.create_subprocess_exec(*cmd)
 
-    async def _supervise(self) -> None:
-        """Keep one pipeline child running until shutdown; restart it if it dies."""
+    async def _supervise(self, group: _Group) -> None:
+        """Keep the group's child running until it is told to stop; restart it if it dies."""
         restarts = 0
-        while True:
-            self._pipeline = await self._start_pipeline()
-            code = await self._pipeline.wait()
-            if self._stopping:
+        while not group.stop.is_set():
+            group.proc = await self._start_group(group)
+            if group.stop.is_set():  # told to stop while it was starting
+                group.proc.send_signal(signal.SIGTERM)
+            code = await group.proc.wait()
+            if group.stop.is_set():
                 return
             delay = _RESTART_BACKOFF_S[min(restarts, len(_RESTART_BACKOFF_S) - 1)]
             restarts += 1
-            self.audit.append("gateway", "pipeline_exited", code=code, restart=restarts)
-            log.error("pipeline.exited", code=code, count=restarts)
-            await asyncio.sleep(delay)
+            self.audit.append(
+                "gateway", "pipeline_exited", code=code, restart=restarts, group=group.name
+            )
+            log.error("pipeline.exited", stage=group.name, code=code, count=restarts)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(group.stop.wait(), delay)
+
+    async def _stop_group(self, group: _Group) -> None:
+        """SIGTERM the group's child and wait while it drains (killed after the timeout)."""
+        group.stop.set()
+        child = group.proc
+        if child is not None and child.returncode is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                if group.task is not None and not group.task.done():
+                    await asyncio.shield(group.task)
+                elif child is not None:
+                    await child.wait()
+        except TimeoutError:
+            log.error("pipeline.drain_timeout", stage=group.name)
+            if group.proc is not None and group.proc.returncode is None:
+                group.proc.kill()
+                await group.proc.wait()
 
     async def _stop_pipeline(self) -> None:
+        """Drain the groups upstream first: each finishes what the one before it left."""
         self._stopping = True
-        child = self._pipeline
-        if child is None or child.returncode is not None:
-            return
-        child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(child.wait(), _DRAIN_TIMEOUT_S)
-        except TimeoutError:
-            log.error("pipeline.drain_timeout")
-            child.kill()
-            await child.wait()
+        for group in self._groups:
+            await self._stop_group(group)
 
     # -- what the API reads --------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        status = self._pipeline_status()
-        models = status["models"] if status else {}
-        ready = self.mllp_port > 0 and status is not None and bool(models)
+        statuses = {group.name: self._group_status(group) for group in self._groups}
+        running = all(status is not None for status in statuses.values())
+        infer = next((s for s in statuses.values() if s is not None and "models" in s), None)
+        models = infer["models"] if infer else {}
+        ready = self.mllp_port > 0 and running and bool(models)
         return ready, {
-            "pipeline": "running" if status else "starting",
+            "pipeline": "running" if running else "starting",
+            "processes": {
+                name: "running" if status else "starting" for name, status in statuses.items()
+            },
             "models": models,
-            "refused_bundles": status["refused_bundles"] if status else {},
+            "refused_bundles": infer["refused_bundles"] if infer else {},
         }
 
     def metrics_text(self) -> bytes:
-        try:
-            child = (self.settings.data_dir / METRICS_FILE).read_text()
-        except OSError:
-            child = ""
-        return merge_exposition(self.metrics.render().decode(), child)
+        texts = [self.metrics.render().decode()]
+        for group in self._groups:
+            with suppress(OSError):
+                texts.append(metrics_file(self.settings.data_dir, group.stages).read_text())
+        return merge_exposition(*texts)
 
     def _framing_rejected(self, reason: str) -> None:
         self.audit.append("ingest", "rejected", reason=reason)
@@ -186,7 +227,8 @@ class Gateway:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                supervisor = group.create_task(self._supervise())
+                for child in self._groups:
+                    child.task = group.create_task(self._supervise(child))
                 await mllp.start()
                 http_task = group.create_task(http.serve())
                 while not http.started:
@@ -207,7 +249,6 @@ class Gateway:
                 log.info("gateway.draining")
                 await mllp.close()
                 await self._stop_pipeline()
-                await supervisor
                 http.should_exit = True
         finally:
             if not self._stopping:

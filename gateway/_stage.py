@@ -9,21 +9,31 @@ Stages that share a process (and so a GIL) take turns through a :class:`Baton`: 
 at a time, in the order they asked. Left to the GIL, three busy stage threads hand it to
 each other every few milliseconds and at every SQLite call, which measured 20-40% more
 CPU per message than running the same steps one after another (ADR 6).
+
+Stages in different processes (ADR 7) wake each other through a :class:`Doorbell`, a
+named pipe with the interface of a ``threading.Event``: the producer rings it after each
+commit, the consumer sleeps on it (and still looks every ``idle_wait_s``, so a lost ring
+costs latency, never a message).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import select
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Protocol
 
 from gateway._log import get_logger
 
 log = get_logger("stage")
-_IDLE_WAIT_S = 0.05
+IDLE_WAIT_S = 0.05
 
 
 class Stage(Protocol):
@@ -32,6 +42,72 @@ class Stage(Protocol):
     def step(self) -> int:
         """Process one batch; return how many inputs were consumed (0 when idle)."""
         ...
+
+
+class Signal(Protocol):
+    """What wakes a stage: a ``threading.Event`` in-process, a :class:`Doorbell` across."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class Doorbell:
+    """A wake-up between processes: a FIFO that carries no data, only "look again".
+
+    The consumer opens it read-write (so it never sees end-of-file when no producer has it
+    open) and waits with ``select``; the producer opens it write-only and non-blocking, and
+    a ring that cannot be written (no consumer yet, or the pipe already full of rings) is
+    dropped: a consumer that is not waiting will look anyway. Either side may restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._read_fd: int | None = None
+        self._write_fd: int | None = None
+        with suppress(FileExistsError):
+            os.mkfifo(path, 0o600)
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            raise OSError(errno.EEXIST, "not a FIFO: remove it", str(path))
+
+    def set(self) -> None:
+        """Ring (the producer's side); never blocks."""
+        try:
+            if self._write_fd is None:
+                self._write_fd = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # full of rings already: the consumer will wake
+        except OSError:  # ENXIO: no consumer has it open yet; EPIPE: it went away
+            self._close_writer()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until rung or ``timeout``; True if rung (the consumer's side)."""
+        if self._read_fd is None:
+            self._read_fd = os.open(self._path, os.O_RDWR | os.O_NONBLOCK)
+        readable, _, _ = select.select([self._read_fd], [], [], timeout)
+        return bool(readable)
+
+    def clear(self) -> None:
+        """Forget the rings so far (before looking at the topic, so none is missed)."""
+        if self._read_fd is None:
+            return
+        with suppress(BlockingIOError):
+            while os.read(self._read_fd, 4096):
+                pass
+
+    def _close_writer(self) -> None:
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+
+    def close(self) -> None:
+        self._close_writer()
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
 
 
 class Baton:
@@ -65,9 +141,9 @@ class StageLoop:
     def __init__(
         self,
         stage: Stage,
-        wake: threading.Event,
-        notify: threading.Event | None = None,
-        idle_wait_s: float = _IDLE_WAIT_S,
+        wake: Signal,
+        notify: Signal | None = None,
+        idle_wait_s: float = IDLE_WAIT_S,
         baton: Baton | None = None,
         linger_s: float = 0.0,
     ) -> None:

@@ -45,7 +45,7 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _copy(trail: Path, tmp_path: Path) -> tuple[Path, list[str]]:
     target = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(trail), str(target)], check=True)
-    lines = (target / "audit" / "pipeline.log").read_text().splitlines()
+    lines = (target / "audit" / "pipeline.infer-writeback.log").read_text().splitlines()
     return target, lines
 
 
@@ -58,8 +58,8 @@ def test_an_intact_trail_verifies(trail: Path) -> None:
 def test_every_stage_decision_is_in_the_trail(trail: Path) -> None:
     entries = [
         json.loads(line)
-        for log in ("gateway.log", "pipeline.log")
-        for line in (trail / "audit" / log).read_text().splitlines()
+        for log in sorted((trail / "audit").glob("*.log"))  # one chain per process
+        for line in log.read_text().splitlines()
     ]
     events = {(e["stage"], e["event"]) for e in entries}
     assert {
@@ -79,7 +79,7 @@ def test_an_edited_entry_is_named(trail: Path, tmp_path: Path) -> None:
     entry = json.loads(lines[6])
     entry["event"] = "rejected"
     lines[6] = json.dumps(entry, separators=(",", ":"))
-    (data / "audit" / "pipeline.log").write_text("\n".join(lines) + "\n")
+    (data / "audit" / "pipeline.infer-writeback.log").write_text("\n".join(lines) + "\n")
     result = verify(data)
     assert result.returncode != 0
     assert _bad_entry(result.stderr) == json.loads(lines[6])["seq"]
@@ -89,7 +89,7 @@ def test_a_deleted_entry_is_detected(trail: Path, tmp_path: Path) -> None:
     data, lines = _copy(trail, tmp_path)
     seq = json.loads(lines[6])["seq"]
     del lines[6]
-    (data / "audit" / "pipeline.log").write_text("\n".join(lines) + "\n")
+    (data / "audit" / "pipeline.infer-writeback.log").write_text("\n".join(lines) + "\n")
     result = verify(data)
     assert result.returncode != 0 and _bad_entry(result.stderr) == seq
 
@@ -98,6 +98,6 @@ def test_reordered_entries_are_detected(trail: Path, tmp_path: Path) -> None:
     data, lines = _copy(trail, tmp_path)
     seq = json.loads(lines[5])["seq"]
     lines[5], lines[6] = lines[6], lines[5]
-    (data / "audit" / "pipeline.log").write_text("\n".join(lines) + "\n")
+    (data / "audit" / "pipeline.infer-writeback.log").write_text("\n".join(lines) + "\n")
     result = verify(data)
     assert result.returncode != 0 and _bad_entry(result.stderr) == seq

@@ -63,14 +63,16 @@ def test_a_crashed_pipeline_is_restarted_and_ingest_keeps_acknowledging(
     import os
 
     gw = gateway_factory("restart").start()
-    status = json.loads((gw.data_dir / "pipeline.status.json").read_text())
-    os.kill(status["pid"], signal.SIGKILL)
+    files = sorted(gw.data_dir.glob("pipeline*.status.json"))  # one per process (ADR 7)
+    pids = {f.name: json.loads(f.read_text())["pid"] for f in files}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
     acked = _blast(gw.mllp_port, 40, "R")  # the pipeline is down or restarting meanwhile
     assert len(acked) == 40
     records = gw.wait_disposed(acked)
     assert {r["disposition"]["outcome"] for r in records.values()} == {"written_back"}
-    restarted = json.loads((gw.data_dir / "pipeline.status.json").read_text())
-    assert restarted["pid"] != status["pid"]
+    for name, pid in pids.items():
+        assert json.loads((gw.data_dir / name).read_text())["pid"] != pid
     assert gw.stop() == 0
     trail = (gw.data_dir / "audit" / "gateway.log").read_text()
-    assert '"pipeline_exited"' in trail
+    assert trail.count('"pipeline_exited"') == len(pids) == 2

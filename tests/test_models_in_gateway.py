@@ -29,7 +29,7 @@ def test_a_tampered_bundle_is_refused_audited_and_the_gateway_is_not_ready(
     assert status == 503 and body["models"] == {}
     assert all("model.onnx" in body["refused_bundles"][b.name] for b in bundles)
     assert gw.stop() == 0
-    trail = (gw.data_dir / "audit" / "pipeline.log").read_text()
+    trail = (gw.data_dir / "audit" / "pipeline.infer-writeback.log").read_text()
     assert '"bundle_refused"' in trail
 
 

@@ -1,11 +1,16 @@
-"""Stage loops that share a baton step one at a time, and a busy stage cannot starve another."""
+"""Stage loops that share a baton step one at a time, and a busy stage cannot starve another;
+stages in other processes wake each other through a doorbell."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
-from gateway._stage import Baton, StageLoop
+from gateway._stage import Baton, Doorbell, StageLoop
+from tests.conftest import REPO
 
 
 class Busy:
@@ -60,3 +65,51 @@ def test_without_a_baton_stages_overlap() -> None:
     run_loops([Busy("a", 20, log), Busy("b", 20, log)], None)
     pairs = all(log[i + 1] == (log[i][0], "out") for i in range(0, len(log), 2))
     assert not pairs  # the baton is what serialises them
+
+
+def test_a_doorbell_wakes_a_consumer_in_another_process(tmp_path: Path) -> None:
+    consumer = Doorbell(tmp_path / "x.bell")
+    assert not consumer.wait(0.01)  # nobody rang
+    ring = "import sys; from gateway._stage import Doorbell; Doorbell(Path(sys.argv[1])).set()"
+    code = f"from pathlib import Path; {ring}"
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.bell")], check=True, cwd=REPO)
+    assert consumer.wait(5) and time.monotonic() - started < 5
+    consumer.clear()
+    assert not consumer.wait(0.01)  # cleared: it sleeps again
+    consumer.close()
+
+
+def test_a_ring_before_the_consumer_waits_is_kept_and_one_with_no_consumer_is_dropped(
+    tmp_path: Path,
+) -> None:
+    producer = Doorbell(tmp_path / "y.bell")
+    producer.set()  # no consumer has it open: dropped, never blocks nor raises
+    consumer = Doorbell(tmp_path / "y.bell")
+    assert not consumer.wait(0.01)
+    for _ in range(100_000):  # far more rings than a pipe holds: never blocks
+        producer.set()
+    assert consumer.wait(0)
+    consumer.clear()
+    assert not consumer.wait(0)
+    producer.close()
+    consumer.close()
+
+
+def test_a_stage_loop_sleeps_on_a_doorbell_until_rung(tmp_path: Path) -> None:
+    log: list[tuple[str, str]] = []
+    stage = Busy("downstream", 0, log)
+    loop = StageLoop(stage, Doorbell(tmp_path / "z.bell"), idle_wait_s=10)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    time.sleep(0.05)
+    stage.todo = 1
+    Doorbell(tmp_path / "z.bell").set()  # the upstream process commits, then rings
+    deadline = time.monotonic() + 5
+    while stage.todo and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stage.todo == 0  # woken long before its 10 s idle wait
+    loop.drain.set()
+    loop.wake.set()  # how the pipeline wakes it to drain
+    thread.join(timeout=5)
+    assert not thread.is_alive()
