@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ from security.audit import AuditLog
 from security.deid import pseudonym
 
 log = get_logger("pipeline")
+_SIGNAL_POLL_S = 0.1  # how soon the main thread sees SIGTERM/SIGINT
 _JOURNAL_POLL_S = 0.002  # ingest writes the journal and rings no bell: poll it when idle
 _METRICS_EVERY_S = 1.0
 
@@ -210,9 +212,12 @@ class Pipeline:
 
     def run(self) -> None:
         """Run until SIGTERM, then drain the stages in order and exit."""
+        # The handler only appends: it runs in the main thread between bytecodes, possibly
+        # while that thread holds an Event's lock, so an Event.set() there can deadlock.
+        signalled: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, _: signalled.append(signum))
+        signal.signal(signal.SIGINT, lambda signum, _: signalled.append(signum))
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
         # Everything loaded so far (models, FHIR classes, schemas) lives as long as we do:
         # keep it out of the collector's full passes, which otherwise rescan it all
         # every few batches (measured: infer 15-25% and process 5-10% of CPU, ADR 6).
@@ -226,8 +231,9 @@ class Pipeline:
         write_atomically(status_file(self.settings.data_dir, self.stages), status)
         log.info("pipeline.running", stage=self.name)
         try:
-            while not stop.wait(0.5):
-                pass
+            while not signalled:
+                time.sleep(_SIGNAL_POLL_S)
+            stop.set()
             log.info("pipeline.draining", stage=self.name)
             self.audit.append("pipeline", "draining")
             for loop, thread in zip(self.loops, threads, strict=True):
@@ -235,6 +241,7 @@ class Pipeline:
                 loop.wake.set()
                 thread.join()
         finally:
+            stop.set()
             for loop in self.loops:
                 loop.drain.set()
                 loop.wake.set()
