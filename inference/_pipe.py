@@ -249,10 +249,7 @@ class WorkerProcess:
             left -= written
             if not left:
                 return
-            views = [memoryview(v).cast("B") for v in views]
-            while written >= len(views[0]):
-                written -= len(views.pop(0))
-            views[0] = views[0][written:]
+            views = wire.unwritten(views, written)
 
     def recv(self, deadline: float, caps: dict[int, int]) -> tuple[int, memoryview]:
         """The next frame; its kind must be in ``caps`` and its length at most the cap.

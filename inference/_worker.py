@@ -178,6 +178,16 @@ class _Frames:
             self.end += got
 
 
+def unwritten(views: Sequence[Any], written: int) -> list[memoryview]:
+    """What is left of ``views`` after a partial ``writev`` of ``written`` bytes (less
+    than their total)."""
+    left = [memoryview(v).cast("B") for v in views]
+    while written >= len(left[0]):
+        written -= len(left.pop(0))
+    left[0] = left[0][written:]
+    return left
+
+
 def _write_all(fd: int, parts: Sequence[Any]) -> None:
     """Write one frame, whose header is ``parts[0]``, with ``writev`` (usually one call)."""
     left = HEADER.size + HEADER.unpack_from(parts[0])[1]
@@ -187,10 +197,7 @@ def _write_all(fd: int, parts: Sequence[Any]) -> None:
         left -= written
         if not left:
             return
-        views = [memoryview(v).cast("B") for v in views]
-        while written >= len(views[0]):
-            written -= len(views.pop(0))
-        views[0] = views[0][written:]
+        views = unwritten(views, written)
 
 
 def _frame(kind: int, payload: bytes) -> list[bytes]:  # one for _write_all
