@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from inference._manifest import InputSource, ModelInput, ModelManifest
 from schemas import FeatureValue, InferenceRequest, ObservationFact
@@ -240,7 +240,7 @@ class FeatureExtractor:
             def inside(moment: datetime) -> bool:
                 return now - lookback <= moment <= now
 
-        best: FeatureValue | None = None
+        best: _Candidate | None = None  # a FeatureValue is built once, for the winner
         for source in spec.codes:
             for fact in by_code.get((source.system, source.code), ()):
                 effective = _utc(fact.effective)
@@ -249,18 +249,26 @@ class FeatureExtractor:
                 value = _value(spec, source, fact)
                 if value is None or not _better(spec, value, effective, best):
                     continue
-                best = FeatureValue(
-                    name=spec.name,
-                    value=value,
-                    unit=spec.unit,
-                    source_system=fact.system,
-                    source_code=fact.code,
-                    effective=effective,
-                )
-        return best
+                best = _Candidate(value, effective, fact)
+        if best is None:
+            return None
+        return FeatureValue(
+            name=spec.name,
+            value=best.value,
+            unit=spec.unit,
+            source_system=best.fact.system,
+            source_code=best.fact.code,
+            effective=best.effective,
+        )
 
 
-def _better(spec: ModelInput, value: float, effective: datetime, best: FeatureValue | None) -> bool:
+class _Candidate(NamedTuple):
+    value: float
+    effective: datetime
+    fact: ObservationFact
+
+
+def _better(spec: ModelInput, value: float, effective: datetime, best: _Candidate | None) -> bool:
     """Whether a candidate replaces the best so far; ties keep the one seen first."""
     if best is None:
         return True
