@@ -23,7 +23,7 @@ from typing import Any, Literal
 from schemas import DeidentifiedRecord, DeidReportEntry
 from security.deid._errors import DeidentificationError
 from security.deid._freetext import FreeTextScrubber
-from security.deid._keyed import date_offset, pseudonym, resource_id
+from security.deid._keyed import check_keys, date_offset, pseudonym, resource_id
 from security.deid._profile import DEFAULT_PROFILE, Profile, known_elements, load_profile
 from security.deid._rules import KNOWN_RESOURCE_TYPES, Obj
 from security.deid._walk import Walk
@@ -115,10 +115,7 @@ class Deidentifier:
         profile: str | Path | Profile = DEFAULT_PROFILE,
         today: Callable[[], date] | None = None,
     ) -> None:
-        if len(pseudonym_key) < 16 or len(dateshift_key) < 16:
-            raise ValueError("pseudonym and date-shift keys must be at least 16 bytes")
-        date_offset(dateshift_key, "", shift_range_days)  # validates the range now
-        pseudonym(pseudonym_key, key_version, "", "")  # validates the version now
+        check_keys(pseudonym_key, dateshift_key, key_version, shift_range_days)
         self._pkey = pseudonym_key
         self._dkey = dateshift_key
         self._version = key_version

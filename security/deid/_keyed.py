@@ -19,6 +19,17 @@ def _check_version(key_version: str) -> None:
         raise ValueError("key_version must be 1-16 characters of [A-Za-z0-9.]")
 
 
+def check_keys(
+    pseudonym_key: bytes, dateshift_key: bytes, key_version: str, shift_range: tuple[int, int]
+) -> None:
+    """Raise ``ValueError`` now for keys, a version or a range the derivations would refuse
+    later: each de-identifier checks them once, when it is built."""
+    if len(pseudonym_key) < 16 or len(dateshift_key) < 16:
+        raise ValueError("pseudonym and date-shift keys must be at least 16 bytes")
+    date_offset(dateshift_key, "", shift_range)
+    _check_version(key_version)
+
+
 def pseudonym(key: bytes, key_version: str, system: str, value: str) -> str:
     """The subject pseudonym of one identifier: ``<version>-<40 hex>``, a valid FHIR id.
 

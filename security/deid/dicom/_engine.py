@@ -20,7 +20,7 @@ from pydicom.uid import UID
 
 from schemas import DeidReportEntry
 from security.deid._errors import DeidentificationError
-from security.deid._keyed import date_offset, pseudonym
+from security.deid._keyed import check_keys, date_offset, pseudonym
 from security.deid.dicom import _rules, _values
 from security.deid.dicom._table import REVISION
 from security.deid.dicom._walk import Settings, Walk
@@ -104,10 +104,7 @@ class DicomDeidentifier:
         burned_in: BurnedInPolicy = "refuse",
         safe_private: Collection[tuple[str, int, int]] = (),
     ) -> None:
-        if len(pseudonym_key) < 16 or len(dateshift_key) < 16:
-            raise ValueError("pseudonym and date-shift keys must be at least 16 bytes")
-        date_offset(dateshift_key, "", shift_range_days)  # validates the range now
-        pseudonym(pseudonym_key, key_version, "", "")  # validates the version now
+        check_keys(pseudonym_key, dateshift_key, key_version, shift_range_days)
         if patient_name not in ("pseudonym", "empty"):
             raise ValueError("patient_name must be 'pseudonym' or 'empty'")
         if burned_in not in ("refuse", "flag", "remove_pixels"):
