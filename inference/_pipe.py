@@ -55,6 +55,12 @@ def _sched_getcpu() -> Any:
 _GETCPU = _sched_getcpu()
 
 
+def _poll_ms(deadline: float) -> int:
+    """Milliseconds to ``poll`` until ``deadline``; 0 once it has passed, which still finds
+    a reply that came in time but was read late (the caller was busy with other calls)."""
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
 class WorkerLost(Exception):
     """The worker timed out, died or broke the protocol; restart and retry."""
 
@@ -208,6 +214,11 @@ class WorkerProcess:
         self._can_read.register(self._r, select.POLLIN)
         self._can_write.register(self._w, select.POLLOUT)
         self._cpu = -1  # the CPU the worker is pinned to (-1: none)
+        self._extra = b""  # bytes read past a reply: the start of the next one
+        try:
+            self.capacity = min(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for fd in (self._w, self._r))
+        except OSError:
+            self.capacity = 1 << 16  # Linux's default
 
     @property
     def pid(self) -> int:
@@ -227,6 +238,14 @@ class WorkerProcess:
             self._cpu = cpu
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.pid, {cpu})
+
+    def let_float(self) -> None:
+        """Let the kernel place the worker anywhere the caller may run: for calls that
+        overlap the caller's own work, which a shared CPU would serialise."""
+        if self._cpu != -1:
+            self._cpu = -1
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.pid, os.sched_getaffinity(0))
 
     def send(self, kind: int, parts: Sequence[Any], deadline: float) -> None:
         """One frame: ``kind``, then the concatenation of the buffers in ``parts``.
@@ -251,25 +270,35 @@ class WorkerProcess:
                 return
             views = wire.unwritten(views, written)
 
-    def recv(self, deadline: float, caps: dict[int, int]) -> tuple[int, memoryview]:
+    def recv(
+        self, deadline: float, caps: dict[int, int], more: bool = False
+    ) -> tuple[int, memoryview]:
         """The next frame; its kind must be in ``caps`` and its length at most the cap.
 
-        One read usually brings the whole frame; bytes beyond it are a protocol violation,
-        as a frame is only ever an answer.
+        One read usually brings the whole frame. Bytes beyond it are the next reply's when
+        ``more`` (another call is in flight), kept for the next ``recv``; otherwise they
+        are a protocol violation, as a frame is only ever an answer.
         """
-        remaining = deadline - time.monotonic()  # the reply is rarely there before a poll
-        if remaining <= 0 or not self._can_read.poll(math.ceil(remaining * 1000)):
-            raise WorkerLost("timed out")
-        try:
-            data = os.read(self._r, _INBOX)
-        except BlockingIOError:
-            data = None
+        data: bytes | None = self._extra
+        self._extra = b""
+        if not data:
+            if not self._can_read.poll(_poll_ms(deadline)):  # rarely there before a poll
+                raise WorkerLost("timed out")
+            try:
+                data = os.read(self._r, _INBOX)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise WorkerLost(self.death("worker exited"))
         if data is not None and len(data) >= _HEAD:  # the usual case: a whole frame at once
             kind, length = wire.HEADER.unpack_from(data)
-            if len(data) == _HEAD + length and length <= caps.get(kind, -1):
-                return kind, memoryview(data)[_HEAD:]  # every check done, and no copy
-        elif data == b"":
-            raise WorkerLost(self.death("worker exited"))
+            end = _HEAD + length
+            if len(data) >= end and length <= caps.get(kind, -1):
+                if len(data) > end:
+                    if not more:
+                        raise ProtocolViolation("bytes sent after a frame")
+                    self._extra = data[end:]
+                return kind, memoryview(data)[_HEAD:end]  # every check done, and no copy
         return self._recv_rest(data or b"", deadline, caps)
 
     def _recv_rest(
@@ -308,8 +337,7 @@ class WorkerProcess:
 
     @staticmethod
     def _wait(poller: select.poll, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(math.ceil(remaining * 1000)):
+        if not poller.poll(_poll_ms(deadline)):
             raise WorkerLost("timed out")
 
     def death(self, what: str) -> str:

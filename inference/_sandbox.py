@@ -20,10 +20,11 @@ import contextlib
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,8 @@ from inference._pipe import (
 _RECYCLE_AT = 0.8  # of the worker's CPU budget
 _TIMES = {1: "once", 2: "twice"}
 _T = TypeVar("_T")
+Outputs = dict[str, npt.NDArray[Any]]
+_Frame = tuple[int, list[Any], dict[int, int], Callable[[int, memoryview], _T]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class Sandbox:
         self.failures = 0
         self.last_failure: str | None = None
         self._started = False
+        self._inflight: deque[Pending[Any]] = deque()
+        self._last_reply = 0.0
+        self._worker_cpu = 0.0  # CPU seconds the current worker reported in its last reply
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -104,6 +110,10 @@ class Sandbox:
 
     def close(self) -> None:
         with self._lock:
+            for call in self._inflight:
+                call.lose("the sandbox was closed")
+                call.tries = call.attempts
+            self._inflight.clear()
             if self._worker is not None:
                 self._worker.stop()
                 self._worker = None
@@ -137,6 +147,7 @@ class Sandbox:
             worker.kill()
             raise
         self._started = True
+        self._worker_cpu = 0.0
         self._layout = ready["layout"]
         self.provider = ready["provider"]
         self.enforcement = {
@@ -158,6 +169,24 @@ class Sandbox:
         ``attempts``: how many workers the batch may be tried on before
         :class:`SandboxError` (:class:`WorkerUnavailable` when no worker could start).
         """
+        return self._submit(*self._run_frame(batch), attempts, overlap=False).result()
+
+    def submit(
+        self, batch: npt.NDArray[np.float32], attempts: int = 2, overlap: bool = True
+    ) -> Pending[Outputs]:
+        """Send a batch and return before its outputs: ``.result()`` is :meth:`run`'s answer.
+
+        The worker scores while the caller goes on (building the next batch, or calling
+        other models' workers), and a worker with a call queued never sleeps between calls:
+        the two process wake-ups that make a lone small call cost several times the model's
+        own run are paid once per burst. Replies come in the order the calls were sent.
+        ``overlap``: the caller will work meanwhile, so the worker may run on another CPU;
+        ``False`` keeps it on the caller's (as :meth:`run` does), for a caller that waits.
+        """
+        return self._submit(*self._run_frame(batch), attempts, overlap)
+
+    def _run_frame(self, batch: npt.NDArray[np.float32]) -> _Frame[Outputs]:
+        """A RUN frame for ``batch``: kind, parts, reply caps and the reply's parser."""
         if (
             type(batch) is not np.ndarray
             or batch.dtype != np.float32
@@ -170,16 +199,14 @@ class Sandbox:
         parts = [wire.RUN_SHAPE.pack(rows, self._width), batch]
         caps = {wire.OUTPUTS: max(self.limits.memory_bytes, MAX_TEXT), wire.ERROR: MAX_TEXT}
 
-        def outputs(kind: int, body: memoryview) -> tuple[float, dict[str, Any]]:
+        def outputs(kind: int, body: memoryview) -> Outputs:
             if kind == wire.ERROR:
                 raise SandboxError(f"model error: {body.tobytes().decode(errors='replace')}")
             assert self._layout is not None  # set by the _spawn that started this worker
-            return self._layout.decode(body, rows)
+            self._worker_cpu, result = self._layout.decode(body, rows)
+            return result
 
-        cpu, result = self._call(wire.RUN, parts, caps, outputs, attempts)
-        if cpu > _RECYCLE_AT * self.limits.cpu_seconds > 0:
-            self._recycle()
-        return result
+        return wire.RUN, parts, caps, outputs
 
     def self_check(self, connect_to: tuple[str, int] | None = None) -> dict[str, Any]:
         """Ask the worker what it sees: env keys, uid, fds, limits, and a connect attempt."""
@@ -198,46 +225,118 @@ class Sandbox:
             return parsed
 
         caps = {wire.REPORT: MAX_TEXT, wire.ERROR: MAX_TEXT}
-        return self._call(wire.SELFCHECK, [json.dumps(request).encode()], caps, report)
+        frame = [json.dumps(request).encode()]
+        return self._submit(wire.SELFCHECK, frame, caps, report, 2, overlap=False).result()
 
-    def _call(
+    def _submit(
         self,
         kind: int,
         parts: Sequence[Any],
         caps: dict[int, int],
         parse: Callable[[int, memoryview], _T],
-        attempts: int = 2,
-    ) -> _T:
-        """Send one frame and ``parse`` the reply, on up to ``attempts`` workers.
+        attempts: int,
+        overlap: bool,
+    ) -> Pending[_T]:
+        """Send one frame; its reply is read, and ``parse``d, by ``Pending.result``.
 
         ``parse`` raises :class:`WorkerLost` (a protocol violation) for a reply not to be
         trusted: that worker is killed like one that died, and the call retried.
         """
+        call = Pending(self, kind, parts, caps, parse, attempts)
         with self._lock:
-            reason, unavailable, tries, gone = "", False, 0, False
-            while tries < attempts:
-                tries += 1
-                try:
-                    worker = self._live_worker()
-                except WorkerLost as exc:
-                    reason, unavailable = self._lost(f"worker failed to start: {exc}"), True
+            self._make_room(call.size)
+            self._send(call, overlap)
+        return call
+
+    def _make_room(self, size: int) -> None:
+        """Read replies until the frames in flight and the next one fit in the pipe together.
+
+        Then a send never waits on the worker, so the two cannot both wait: the worker on a
+        full reply pipe the caller does not read, the caller on a full request pipe.
+        """
+        while self._inflight and self._worker is not None:
+            if size + sum(c.size for c in self._inflight) <= self._worker.capacity:
+                return
+            self._read_reply()
+
+    def _send(self, call: Pending[Any], overlap: bool) -> None:
+        """Write ``call`` to the live worker (starting one if need be); on failure ``call``
+        is left ``lost``, to be retried by ``result`` while it has attempts left."""
+        gone = False
+        while True:
+            call.tries += 1
+            try:
+                worker = self._live_worker()
+            except WorkerLost as exc:
+                call.lose(self._lost(f"worker failed to start: {exc}"), unavailable=True)
+                return
+            try:
+                if overlap:
+                    worker.let_float()
+                elif self.limits.threads == 1:  # one thread: it can share the caller's CPU
+                    worker.follow_caller()
+                call.sent_at = time.monotonic()
+                worker.send(call.kind, call.parts, call.sent_at + self.limits.call_timeout_s)
+            except WorkerLost as exc:
+                reason = self._drop_worker(str(exc))
+                if isinstance(exc, WorkerGone) and not gone:  # died between calls:
+                    call.tries, gone = call.tries - 1, True  # this call never reached it
                     continue
-                unavailable = False
-                try:
-                    if self.limits.threads == 1:  # one thread: it can share the caller's CPU
-                        worker.follow_caller()
-                    deadline = time.monotonic() + self.limits.call_timeout_s
-                    worker.send(kind, parts, deadline)
-                    return parse(*worker.recv(deadline, caps))
-                except WorkerLost as exc:
-                    worker.kill()
-                    self._worker = None
-                    reason = self._lost(str(exc))
-                    if isinstance(exc, WorkerGone) and not gone:  # died between calls:
-                        tries, gone = tries - 1, True  # the call never reached it
-            error = WorkerUnavailable if unavailable else SandboxError
-            times = _TIMES.get(attempts, f"{attempts} times")
-            raise error(f"worker failed {times}; last: {reason}")
+                call.lose(reason)
+                return
+            call.lost = None
+            self._inflight.append(call)
+            return
+
+    def _read_reply(self) -> None:
+        """Read and parse the oldest call's reply (a lost worker loses every call in flight).
+
+        Its deadline runs from when the worker could start on it: its send, or the previous
+        reply, whichever came later.
+        """
+        head, worker = self._inflight[0], self._worker
+        assert worker is not None  # calls are in flight only on a live worker
+        deadline = max(head.sent_at, self._last_reply) + self.limits.call_timeout_s
+        try:
+            kind, body = worker.recv(deadline, head.caps, more=len(self._inflight) > 1)
+            head.value = head.parse(kind, body)
+        except WorkerLost as exc:
+            self._drop_worker(str(exc))
+            return
+        except SandboxError as exc:  # the worker is healthy; the call would fail again
+            head.error = exc
+        self._last_reply = time.monotonic()
+        head.done = True
+        self._inflight.popleft()
+
+    def _result(self, call: Pending[_T]) -> _T:
+        with self._lock:
+            while not call.done:
+                if call.lost is None:
+                    self._read_reply()
+                elif call.tries < call.attempts:
+                    self._make_room(call.size)
+                    self._send(call, overlap=False)
+                else:
+                    error = WorkerUnavailable if call.unavailable else SandboxError
+                    times = _TIMES.get(call.attempts, f"{call.attempts} times")
+                    raise error(f"worker failed {times}; last: {call.lost}")
+            if not self._inflight and self._worker_cpu > _RECYCLE_AT * self.limits.cpu_seconds:
+                self._recycle()
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[return-value]  # done without error: parsed
+
+    def _drop_worker(self, reason: str) -> str:
+        """Kill the worker; every call in flight on it is lost (and retried by its ``result``)."""
+        if self._worker is not None:
+            self._worker.kill()
+            self._worker = None
+        reason = self._lost(reason)
+        for call in self._inflight:
+            call.lose(reason)
+        self._inflight.clear()
+        return reason
 
     def _live_worker(self) -> WorkerProcess:
         """The current worker, or a fresh one (counted as a restart after the first)."""
@@ -255,11 +354,42 @@ class Sandbox:
         return reason
 
     def _recycle(self) -> None:
-        """Replace a worker near its CPU budget between calls, not in the middle of one."""
-        with self._lock:
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
-            # if this fails, the next call starts one (and retries) and reports if it cannot
-            with contextlib.suppress(WorkerLost):
-                self._worker = self._spawn()
+        """Replace a worker near its CPU budget between calls, not in the middle of one
+        (called with the lock held and nothing in flight)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        # if this fails, the next call starts one (and retries) and reports if it cannot
+        with contextlib.suppress(WorkerLost):
+            self._worker = self._spawn()
+
+
+class Pending(Generic[_T]):
+    """A call sent to a worker; ``result()`` waits for its reply (reading, and keeping,
+    the replies to calls sent before it) and retries it while it has attempts left."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        kind: int,
+        parts: Sequence[Any],
+        caps: dict[int, int],
+        parse: Callable[[int, memoryview], _T],
+        attempts: int,
+    ) -> None:
+        self._sandbox = sandbox
+        self.kind, self.parts, self.caps, self.parse = kind, parts, caps, parse
+        self.attempts, self.tries = attempts, 0
+        self.size = wire.HEADER.size + sum(memoryview(p).nbytes for p in parts)
+        self.sent_at = 0.0
+        self.done = False
+        self.value: _T | None = None
+        self.error: SandboxError | None = None  # a healthy worker's answer: not retried
+        self.lost: str | None = None  # why the last try's worker was lost: retried
+        self.unavailable = False  # ... because no worker could start
+
+    def lose(self, reason: str, unavailable: bool = False) -> None:
+        self.lost, self.unavailable = reason, unavailable
+
+    def result(self) -> _T:
+        return self._sandbox._result(self)
