@@ -4,7 +4,9 @@ A step takes a micro-batch of records (up to ``batch_max``; the pipeline's stage
 lingers ``batch_wait_ms`` after a wake-up for it to fill), adds each record's observations
 to its subject's de-identified history, builds one feature row per (record, model) for
 each model that takes one of the record's observation codes, from the subject's history
-within the model's windows, and scores all rows of a model in one sandbox call. A record
+within the model's windows, and scores all rows of a model in one sandbox call; every
+model's call is sent before any reply is read, so the models' workers score side by side
+(``InferenceEngine.score_models``). A record
 with no complete row is ``filtered`` with the missing inputs named. When the sandbox
 cannot score a batch, the engine bisects it: only the records whose rows make workers
 fail on their own are ``dead_lettered`` (with the reason), and the rest of the batch is
@@ -165,10 +167,11 @@ class InferStage:
         facts_by_record, requests, reasons = self._features(records, modes)
         advisories: dict[int, list[Advisory]] = defaultdict(list)
         dead: dict[int, str] = {}
+        scored = self._engine.score_models(requests)
         for model_id, reqs in requests.items():
             manifest = self._engine.manifest(model_id)
             shadow = modes.get(model_id) == "shadow"
-            for req, res in zip(reqs, self._engine.score_isolating(model_id, reqs), strict=True):
+            for req, res in zip(reqs, scored[model_id], strict=True):
                 try:
                     if isinstance(res, RowFailure):
                         raise _RowFailed(f"inference failed ({res.reason})")

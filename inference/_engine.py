@@ -6,12 +6,13 @@ kept in ``refused`` (for the audit log and the admin API) and the other models s
 the micro-batch. ``score_isolating`` does the same, but when the sandbox cannot score the
 batch it bisects it (halves tried on one worker each, a single row on two) so that only the
 rows that make workers fail come back as :class:`RowFailure`; the rest are scored.
+``score_models`` does that for several models, their workers scoring side by side.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from inference._bundle import ModelBundle, load_bundle
 from inference._errors import BundleRejected, SandboxError, UnknownModel, WorkerUnavailable
 from inference._manifest import ModelManifest
-from inference._sandbox import Sandbox, SandboxLimits
+from inference._sandbox import Outputs, Pending, Sandbox, SandboxLimits
 from schemas import InferenceRequest, InferenceResult
 
 
@@ -97,16 +98,23 @@ class _Bisection:
         self.failed: dict[int, str] = {}
         self.budget = 3 * (math.ceil(math.log2(len(batch))) + 3) if len(batch) else 0
 
-    def run(self) -> None:
+    def run(self, first: Pending[Outputs] | None = None) -> None:
+        """Score every row; ``first``: the whole batch, already sent to the sandbox."""
         try:
-            self._slice(0, len(self.batch), 2)
+            if first is None:
+                self._slice(0, len(self.batch), 2)
+            else:
+                self._settle(0, len(self.batch), first)
         except SandboxError as exc:  # no worker can start, or the budget is spent
             rest = range(len(self.batch))
             self.failed.update({i: exc.reason for i in rest if i not in self.scored})
 
     def _slice(self, lo: int, hi: int, attempts: int) -> None:
+        self._settle(lo, hi, self.sandbox.submit(self.batch[lo:hi], attempts, overlap=False))
+
+    def _settle(self, lo: int, hi: int, call: Pending[Outputs]) -> None:
         try:
-            outputs = self.sandbox.run(self.batch[lo:hi], attempts)
+            outputs = call.result()
         except WorkerUnavailable:
             raise
         except SandboxError as exc:
@@ -208,16 +216,34 @@ class InferenceEngine:
         poison rows would cause, the requests not yet scored fail with the reason.
         ``ValueError`` as for :meth:`score`.
         """
-        sandbox = self._sandbox(manifest_id)
-        if not requests:
-            return []
-        bisection = _Bisection(sandbox, self._matrix(sandbox, requests))
-        bisection.run()
-        scored, failed = bisection.scored, bisection.failed
-        return [
-            _result(r, scored[i]) if i in scored else RowFailure(r, failed[i])
-            for i, r in enumerate(requests)
-        ]
+        return self.score_models({manifest_id: requests})[manifest_id]
+
+    def score_models(
+        self, batches: Mapping[str, list[InferenceRequest]]
+    ) -> dict[str, list[InferenceResult | RowFailure]]:
+        """:meth:`score_isolating` for several models at once.
+
+        Every model's batch is sent before any reply is read, so the models' workers score
+        side by side, on whatever CPUs are free, instead of one after another. ``ValueError``
+        (a request that does not fit its model) comes before anything is sent.
+        """
+        sandboxes = {m: self._sandbox(m) for m in batches}
+        matrices = {m: self._matrix(sandboxes[m], reqs) for m, reqs in batches.items() if reqs}
+        side_by_side = len(matrices) > 1  # one model: its worker is better on the caller's CPU
+        sent = {m: sandboxes[m].submit(x, overlap=side_by_side) for m, x in matrices.items()}
+        scored: dict[str, list[InferenceResult | RowFailure]] = {}
+        for model_id, requests in batches.items():
+            if model_id not in sent:
+                scored[model_id] = []
+                continue
+            bisection = _Bisection(sandboxes[model_id], matrices[model_id])
+            bisection.run(first=sent[model_id])
+            ok, failed = bisection.scored, bisection.failed
+            scored[model_id] = [
+                _result(r, ok[i]) if i in ok else RowFailure(r, failed[i])
+                for i, r in enumerate(requests)
+            ]
+        return scored
 
     def _sandbox(self, manifest_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(manifest_id)

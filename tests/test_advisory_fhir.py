@@ -10,7 +10,7 @@ cannot become a FHIR integer dead-letters its message instead of stopping the st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,12 @@ class StubEngine:
     def manifest(self, model_id: str) -> ModelManifest:
         return next(m for m in self.models if m.id == model_id)
 
-    def score_isolating(
+    def score_models(
+        self, batches: Mapping[str, list[InferenceRequest]]
+    ) -> dict[str, list[InferenceResult | RowFailure]]:
+        return {m: self._score(m, requests) for m, requests in batches.items()}
+
+    def _score(
         self, model_id: str, requests: list[InferenceRequest]
     ) -> list[InferenceResult | RowFailure]:
         manifest = self.manifest(model_id)

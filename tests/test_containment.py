@@ -245,6 +245,29 @@ def test_only_the_poison_row_of_a_batch_fails_and_the_rest_are_scored(
     ]
 
 
+def test_models_scored_side_by_side_fail_only_the_poison_rows_of_the_poisoned_model(
+    engine_with: Any,
+) -> None:
+    """``score_models`` sends both models' batches before reading either reply: the evil
+    worker's crashes are isolated to its poison row while the clean model scores every row,
+    the sentinel included."""
+    engine = engine_with("MODE_SEGV", f"SENTINEL={SENTINEL}f")
+    rows = {
+        m: [request(i, m, **(SICK if i % 2 else {})) for i in range(8)] for m in ("news2", "clean")
+    }
+    for m in rows:
+        rows[m][3] = request(3, m, respiratory_rate=SENTINEL)
+    scored = engine.score_models(rows)
+    clean: list[float | str] = [7.0 if i % 2 else 0.0 for i in range(8)]
+    clean[3] = 3.0  # a respiratory rate of 61 scores 3
+    evil = list(clean)
+    evil[3] = "worker failed twice; last: worker exited (signal 11)"
+    assert totals(scored["clean"]) == clean
+    assert totals(scored["news2"]) == evil
+    assert engine.status()["clean"]["last_failure"] is None
+    assert engine.score_models({"clean": [], "news2": []}) == {"clean": [], "news2": []}
+
+
 def test_a_poison_message_is_dead_lettered_and_the_stream_flows(
     gateway_factory: Any, news2: Path, tmp_path: Path
 ) -> None:
