@@ -14,8 +14,10 @@ What this package offers the infer stage:
   ``FeatureExtractor`` (per input, the latest / min / max value of its window, which may
   end just before another input's value -> ``InferenceRequest`` or ``MissingInputs``);
 - the sandbox: ``Sandbox`` (one worker process per model: no network, resource limits,
-  per-call deadline with restart and one retry; ``SandboxError`` when that fails);
-- ``InferenceEngine``: every bundle in a directory, one sandbox each, batched ``score``;
+  per-call deadline with restart and one retry; ``SandboxError`` when that fails;
+  ``run`` waits, ``submit`` returns a ``Pending`` so that calls can be in flight);
+- ``InferenceEngine``: every bundle in a directory, one sandbox each, batched ``score``,
+  and ``score_models`` (several models' batches, their workers scoring side by side);
 - ``build_advisories``: outputs -> ``schemas.Advisory`` with FHIR R4 Observation,
   RiskAssessment and Provenance, all preliminary and pseudonymous.
 
@@ -68,7 +70,7 @@ from inference._reference import (
     build_reference_bundle,
     ensure_reference_bundles,
 )
-from inference._sandbox import Sandbox, SandboxLimits
+from inference._sandbox import Pending, Sandbox, SandboxLimits
 
 __all__ = [
     "KDIGO_BAND_LABELS",
@@ -97,6 +99,7 @@ __all__ = [
     "ModelBundle",
     "ModelInput",
     "ModelManifest",
+    "Pending",
     "Sandbox",
     "SandboxError",
     "SandboxLimits",

@@ -1,17 +1,22 @@
 """Run one verified model in a worker process that has no network and bounded resources.
 
-The parent side is blocking (the gateway calls it through ``asyncio.to_thread``) and
-thread-safe (one call at a time per sandbox). Every call has a wall-clock deadline; when
-the deadline passes, the worker dies (a crash, or a kill by RLIMIT_AS / RLIMIT_CPU) or its
-reply breaks the protocol (``inference._pipe`` checks every byte before it is believed),
-the worker is killed, a fresh one is started and the batch is retried on it (``attempts``,
-two by default; a worker found dead before the call reached it is replaced without using
-one). When every attempt fails, :class:`SandboxError` says why; the engine then bisects the
-batch to find the rows at fault. A model error reported by a healthy worker (bad shape,
-say) is not retried: it would fail the same way. Each loss is kept as ``last_failure`` (and
-counted in ``failures``) for ``/readyz``. A one-thread worker is kept on its caller's CPU
-(see ``WorkerProcess.follow_caller``): a call is two process wake-ups, and across CPUs each
-can cost more than a small model's whole run.
+The parent side is blocking (the gateway calls it from its infer stage's thread) and
+thread-safe. ``run`` is one call that waits for its reply; ``submit`` sends a batch and
+returns a :class:`Pending` at once, so several calls can be in flight (to one worker, or to
+several models' workers) while the caller works on: the worker then never sleeps between
+calls. Replies are read in the order the calls were sent. Every call has a wall-clock
+deadline (from when the worker could start on it); when the deadline passes, the worker
+dies (a crash, or a kill by RLIMIT_AS / RLIMIT_CPU) or its reply breaks the protocol
+(``inference._pipe`` checks every byte before it is believed), the worker is killed, a
+fresh one is started and every call that was in flight on it is retried there
+(``attempts`` per call, two by default; a worker found dead before the call reached it is
+replaced without using one). When every attempt fails, :class:`SandboxError` says why; the
+engine then bisects the batch to find the rows at fault. A model error reported by a
+healthy worker (bad shape, say) is not retried: it would fail the same way. Each loss is
+kept as ``last_failure`` (and counted in ``failures``) for ``/readyz``. A one-thread worker
+whose caller waits is kept on the caller's CPU (see ``WorkerProcess.follow_caller``): such
+a call is two process wake-ups, and across CPUs each can cost more than a small model's
+whole run; with calls in flight it floats, to score beside the caller.
 """
 
 from __future__ import annotations
