@@ -289,6 +289,9 @@ class Sandbox:
                     continue
                 call.lose(reason)
                 return
+            except BaseException:  # half a frame may be in the pipe: the worker is unusable
+                self._drop_worker("interrupted while sending a call")
+                raise
             call.lost = None
             self._inflight.append(call)
             return
@@ -310,6 +313,9 @@ class Sandbox:
             return
         except SandboxError as exc:  # the worker is healthy; the call would fail again
             head.error = exc
+        except BaseException:  # which reply comes next is no longer known: start afresh
+            self._drop_worker("interrupted while reading a reply")
+            raise
         self._last_reply = time.monotonic()
         head.done = True
         self._inflight.popleft()

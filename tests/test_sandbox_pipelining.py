@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,7 @@ from inference import (
     build_news2_bundle,
     load_bundle,
 )
+from inference._pipe import OutputLayout
 from tests.test_sandbox import random_batch
 
 LIMITS = SandboxLimits(call_timeout_s=5, start_timeout_s=10, use_gpu=False)
@@ -164,3 +166,24 @@ def test_frames_read_past_a_reply_are_kept_only_while_calls_are_in_flight(
     assert worker._extra  # the two replies behind it came in the same read
     calls[2].result()
     assert not worker._extra
+
+
+def test_an_error_while_reading_a_reply_does_not_hand_the_next_reply_to_the_wrong_call(
+    sandbox: Sandbox, bare: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any unexpected exception mid-read (an interrupt, a bug) leaves the pipe's position
+    unknown: the worker is dropped, and the calls behind are retried on a fresh one."""
+    real = OutputLayout.decode
+
+    def fail_once(self: OutputLayout, body: memoryview, rows: int) -> Any:
+        monkeypatch.setattr(OutputLayout, "decode", real)
+        raise KeyboardInterrupt
+
+    batches = [random_batch(n, seed=n) for n in (3, 4)]
+    calls = [sandbox.submit(b) for b in batches]
+    monkeypatch.setattr(OutputLayout, "decode", fail_once)
+    with pytest.raises(KeyboardInterrupt):
+        calls[0].result()
+    assert_same(calls[1].result(), expected(bare, batches[1]))
+    assert sandbox.restarts == 1
+    assert sandbox.last_failure == "interrupted while reading a reply"
