@@ -87,6 +87,7 @@ def inspect(bundle: BundleArg) -> None:
     import onnxruntime
 
     from inference import ModelManifest
+    from inference._worker import gpu_visible
 
     manifest = ModelManifest.model_validate_json((bundle / "manifest.json").read_bytes())
     typer.echo(f"{manifest.id} {manifest.version}: {manifest.description}")
@@ -114,8 +115,8 @@ def inspect(bundle: BundleArg) -> None:
         f"{advisory.observation_code.system}|{advisory.observation_code.code}"
     )
     available = onnxruntime.get_available_providers()
-    typer.echo(
-        "providers here: "
-        + ", ".join(available)
-        + ("" if "CUDAExecutionProvider" in available else " (no CUDA: runs on CPU)")
-    )
+    if "CUDAExecutionProvider" not in available:
+        where = " (no CUDA: runs on CPU)"
+    else:
+        where = "" if gpu_visible() else " (CUDA, but no GPU visible: runs on CPU)"
+    typer.echo("providers here: " + ", ".join(available) + where)

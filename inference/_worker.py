@@ -235,6 +235,26 @@ def _enter_network_namespace(libc: ctypes.CDLL) -> str:
     )
 
 
+def gpu_visible(dev: str = "/dev/nvidiactl") -> bool:
+    """Whether this process can see an NVIDIA GPU: the driver's control device exists and
+    ``CUDA_VISIBLE_DEVICES`` does not hide every device.
+
+    onnxruntime-gpu lists ``CUDAExecutionProvider`` whether or not there is a GPU, so the
+    listing alone would leave a worker on a CPU-only node without its memory limit.
+    """
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    return os.path.exists(dev)
+
+
+def _limit_memory(args: argparse.Namespace) -> str:
+    if args.memory_bytes <= 0:
+        return "not limited"
+    resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
+    return f"RLIMIT_AS {args.memory_bytes}"
+
+
 def _set_limits(args: argparse.Namespace, cuda: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     if cuda:
@@ -242,11 +262,8 @@ def _set_limits(args: argparse.Namespace, cuda: bool) -> dict[str, str]:
             f"CUDA arena gpu_mem_limit {args.gpu_mem_limit}; RLIMIT_AS not set "
             "(CUDA reserves a large virtual address space)"
         )
-    elif args.memory_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
-        out["memory"] = f"RLIMIT_AS {args.memory_bytes}"
     else:
-        out["memory"] = "not limited"
+        out["memory"] = _limit_memory(args)
     if args.cpu_seconds > 0:
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 1))
         out["cpu"] = f"RLIMIT_CPU {args.cpu_seconds} s (per worker lifetime; recycled before)"
@@ -341,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         enforcement["no_new_privs"] = "set" if no_new_privs else "NOT set (prctl failed)"
         import onnxruntime as ort  # after unshare; before the address-space limit
 
-        cuda = not args.no_gpu and "CUDAExecutionProvider" in ort.get_available_providers()
+        listed = "CUDAExecutionProvider" in ort.get_available_providers()
+        cuda = not args.no_gpu and listed and gpu_visible()
         enforcement.update(_set_limits(args, cuda))
         enforcement["privileges"] = _drop_privileges(libc, not args.keep_uid)
         model_bytes, custom_ops = _read_model(frames)
@@ -368,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         del model_bytes, custom_ops
         layout = output_layout(session)
         provider = session.get_providers()[0]
+        if cuda and provider != "CUDAExecutionProvider":  # a GPU, but CUDA would not start
+            limit = _limit_memory(args)  # before any request: a CPU worker is always bounded
+            enforcement["memory"] = f"{limit} (CUDA did not start; set once the model loaded)"
         ready = {"provider": provider, "enforcement": enforcement, "outputs": layout}
         _write_all(fd_out, _frame(READY, json.dumps(ready).encode()))
     except EOFError:

@@ -332,3 +332,35 @@ def test_features_may_come_in_any_order_and_the_first_fault_is_the_one_reported(
     missing = request(5, NORMAL).model_copy(update={"features": request(5, NORMAL).features[1:]})
     with pytest.raises(ValueError, match="request 0 does not fill exactly the model's inputs"):
         engine.score("news2", [missing])
+
+
+@pytest.mark.parametrize(
+    ("device", "visible", "expected"),
+    [
+        (True, None, True),
+        (True, "0", True),
+        (True, "", False),
+        (True, "-1", False),
+        (False, None, False),
+        (False, "0", False),
+    ],
+)
+def test_a_gpu_counts_only_when_its_device_is_there_and_not_hidden(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    device: bool,
+    visible: str | None,
+    expected: bool,
+) -> None:
+    """onnxruntime-gpu lists CUDA on a CPU-only node too; a worker that believed it would
+    skip RLIMIT_AS (CUDA's address space does not fit one) and run unbounded on the CPU."""
+    from inference._worker import gpu_visible
+
+    dev = tmp_path / "nvidiactl"
+    if device:
+        dev.touch()
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert gpu_visible(str(dev)) is expected
