@@ -153,6 +153,14 @@ class PipelineConfig(BaseModel):
         description="most messages a normalize or writeback step takes at once (infer's is "
         "inference.batch_max): a message waits for its whole batch to commit",
     )
+    process_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="worker processes that normalize + de-identify each batch of the process "
+        "stage (0: the stage's own thread). The stage stays the journal's one consumer and "
+        "commits in order; more workers use more cores, each holds the de-identification keys",
+    )
     nice: int = Field(
         default=10,
         ge=0,

@@ -12,10 +12,14 @@ Within a process, consecutive stages wake each other (``threading.Event``) and t
 group's doorbell (a FIFO, ``pipeline.<stage>.bell``) after each commit; the process stage
 polls ingest's journal every 2 ms when idle, as before.
 
+With ``pipeline.process_workers``, the process stage spreads each batch's normalize +
+de-identify over that many worker processes of its own (``gateway._normalize_workers``);
+the stage is still the journal's one consumer.
+
 It tells the parent how it is doing through two files it rewrites atomically (named in
 ``gateway._groups``): its status (pid, stages; with infer: models, provider, sandbox
-enforcement, refused bundles) and its Prometheus samples, merged into the parent's
-/metrics.
+enforcement, refused bundles; with process workers: their pids) and its Prometheus
+samples, merged into the parent's /metrics.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from gateway._infer import InferStage
 from gateway._journal import JournalReader
 from gateway._log import get_logger
 from gateway._metrics import Metrics
+from gateway._normalize_workers import NormalizePool
 from gateway._process import ProcessStage
 from gateway._stage import IDLE_WAIT_S, Baton, Doorbell, Signal, Stage, StageLoop
 from gateway._store import Store
@@ -87,6 +92,10 @@ class Pipeline:
             else None
         )
         self.engine = self._load_models() if "infer" in self.stages else None
+        workers = settings.pipeline.process_workers
+        self.pool = (
+            NormalizePool(workers, settings) if workers and "process" in self.stages else None
+        )
         self._bells: list[Doorbell] = []
         self.loops = self._wire()
 
@@ -134,6 +143,7 @@ class Pipeline:
                 self.metrics,
                 settings.timezone,
                 settings.pipeline.batch_max,
+                self.pool,
             )
         if stage == "infer":
             assert self.engine is not None
@@ -199,6 +209,8 @@ class Pipeline:
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"pid": os.getpid(), "stages": list(self.stages)}
+        if self.pool is not None:
+            status["process_workers"] = self.pool.pids
         if self.engine is not None:
             status["models"] = self.engine.status()
             status["refused_bundles"] = self.engine.refused
@@ -249,7 +261,7 @@ class Pipeline:
             self.close()
 
     def close(self) -> None:
-        for resource in (self.engine, self.journal, self.vault):
+        for resource in (self.engine, self.pool, self.journal, self.vault):
             if resource is not None:
                 resource.close()
         self.store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway._infer import advisories_payload
-from gateway._process import _serialise
+from gateway._normalize_workers import _serialise
 from gateway._writeback import _Envelope
 from inference import build_advisories, news2_manifest, qsofa_manifest
 from schemas import DeidentifiedRecord, DeidReportEntry, InferenceRequest
