@@ -1,14 +1,9 @@
 """Normalize + de-identify one message, in the process stage's thread or on worker processes.
 
 ``normalize`` is the CPU-heavy, side-effect-free part of the process stage: parse HL7 v2, map
-to FHIR R4, de-identify, serialise. With ``pipeline.process_workers`` > 0 a batch is spread
-over that many worker processes (:class:`NormalizePool`), so the stage can use more than
-one core. The stage stays the journal's one consumer: it reads the batch, puts identifiers
-in the vault, and commits the results in journal order, exactly as when it normalizes
-itself; the offset, the order of the ``deidentified`` topic and the one disposition per
-message do not depend on the pool. Workers are the gateway's own code, not a sandbox: each
-loads the keys from the same data dir and config. A batch during which a worker dies is
-redone in the stage's thread, and a fresh pool is started.
+to FHIR R4, de-identify, serialise. With ``pipeline.process_workers`` > 0 each batch is
+shared out over that many worker processes (``gateway._workers``, ADR 8); the stage still
+puts identifiers in the vault and commits in journal order itself.
 
 Reasons name segments and rules, never values; an unexpected error is reported by its
 type only (its message could quote the payload).
@@ -16,20 +11,12 @@ type only (its message could quote the payload).
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import select
-import signal
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from pydantic_core import to_json
 
 from gateway._config import Settings
-from gateway._log import get_logger
 from gateway.normalize import (
     HANDLED_TYPES,
     NormalizationError,
@@ -40,8 +27,6 @@ from gateway.normalize import (
 from schemas import DeidentifiedRecord, Outcome
 from security import load_keyring
 from security.deid import DeidentificationError, Deidentifier
-
-log = get_logger("process")
 
 Counts = tuple[tuple[str, str, str | None, int], ...]  # (rule, action, category, count)
 
@@ -113,101 +98,20 @@ def _serialise(record: DeidentifiedRecord) -> tuple[str, str]:
     return bundle, f'{rest[:-1]},"bundle":{bundle}}}'
 
 
-# --- worker processes ---------------------------------------------------------------------
+# --- on worker processes (gateway._workers) -----------------------------------------------
 
-_worker: tuple[Deidentifier, str] | str | None = None  # set in each worker: state, or why not
-
-
-def _follow(stage_pid: int) -> None:
-    """Exit when the stage process does, however it ends (SIGKILL included).
-
-    A worker is the forkserver's child, not the stage's, and waits on a queue whose ends it
-    holds itself, so nothing else would tell it; and while it lives, so does the
-    forkserver.
-    """
-    try:
-        watch = os.pidfd_open(stage_pid)
-    except ProcessLookupError:
-        os._exit(0)
-
-    def wait_then_exit() -> None:
-        select.select([watch], [], [])
-        os._exit(0)
-
-    threading.Thread(target=wait_then_exit, name="follow-stage", daemon=True).start()
+_state: tuple[Deidentifier, str] | None = None  # in a worker: its de-identifier, timezone
 
 
-def _start_worker(settings: Settings, stage_pid: int) -> None:
-    """Each worker's initializer. It never raises: an initializer that raises breaks the
-    pool with no reason given, so the reason is kept for ``_ready`` to report."""
-    global _worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage process decides when to stop
-    _follow(stage_pid)
-    try:
-        keys = load_keyring(settings.data_dir, settings.key_files)
-        _worker = (settings.deid.deidentifier(keys), settings.timezone)
-    except Exception as exc:  # about keys and config: paths and names, not message data
-        _worker = f"{type(exc).__name__}: {exc}"
+def start_worker(settings: Settings) -> None:
+    """A normalize worker's set-up: the keys and de-identifier the stage itself uses."""
+    global _state
+    keys = load_keyring(settings.data_dir, settings.key_files)
+    _state = (settings.deid.deidentifier(keys), settings.timezone)
 
 
-def _normalize_chunk(chunk: Sequence[tuple[int, bytes]]) -> list[Result]:
-    assert isinstance(_worker, tuple), "worker not started"
-    deid, timezone = _worker
-    return [normalize(message_id, payload, deid, timezone) for message_id, payload in chunk]
-
-
-def _ready() -> str | None:
-    return _worker if isinstance(_worker, str) else None
-
-
-class WorkersNotStarted(RuntimeError):
-    """A normalize worker could not start (bad keys or config); the message says why."""
-
-
-class NormalizePool:
-    """``workers`` processes that each normalize a share of every batch, in order."""
-
-    def __init__(self, workers: int, settings: Settings) -> None:
-        self.workers = workers
-        self._settings = settings
-        self._executor = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        # forkserver: the stage process has threads, which a fork would copy mid-lock
-        context = multiprocessing.get_context("forkserver")
-        executor = ProcessPoolExecutor(
-            self.workers,
-            context,
-            initializer=_start_worker,
-            initargs=(self._settings, os.getpid()),
-        )
-        # a worker starts on a submit that finds none idle: start them all now, not
-        # on the first batch (each loads the keys and the de-identifier, ~1 s)
-        futures = [executor.submit(_ready) for _ in range(self.workers)]
-        wait(futures)
-        failed = [why for why in (f.result() for f in futures) if why is not None]
-        if failed:
-            executor.shutdown(cancel_futures=True)
-            raise WorkersNotStarted(f"process workers could not start: {failed[0]}")
-        return executor
-
-    @property
-    def pids(self) -> list[int]:
-        """The workers' pids (for the status file and operators)."""
-        return sorted(self._executor._processes)
-
-    def normalize(self, messages: Sequence[tuple[int, bytes]]) -> list[Result]:
-        """Each message's result, in order (:class:`BrokenProcessPool` when a worker died:
-        the pool is restarted, and the caller redoes the batch itself)."""
-        size = -(-len(messages) // self.workers)  # contiguous shares, one per worker
-        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        try:
-            return [r for part in self._executor.map(_normalize_chunk, chunks) for r in part]
-        except BrokenProcessPool:
-            log.warning("process.worker_lost", stage="process", count=self.workers)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._start()
-            raise
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+def normalize_share(share: Sequence[tuple[int, bytes]]) -> list[Result]:
+    """``normalize`` each ``(message id, payload)`` of a worker's share of a batch."""
+    assert _state is not None, "worker not started"
+    deid, timezone = _state
+    return [normalize(message_id, payload, deid, timezone) for message_id, payload in share]

@@ -50,10 +50,11 @@ from gateway._infer import InferStage
 from gateway._journal import JournalReader
 from gateway._log import get_logger
 from gateway._metrics import Metrics
-from gateway._normalize_workers import NormalizePool
+from gateway._normalize_workers import start_worker as start_normalize_worker
 from gateway._process import ProcessStage
 from gateway._stage import IDLE_WAIT_S, Baton, Doorbell, Signal, Stage, StageLoop
 from gateway._store import Store
+from gateway._workers import StagePool
 from gateway._writeback import WritebackStage
 from inference import InferenceEngine, SandboxLimits, ensure_reference_bundles
 from security import Vault, load_keyring
@@ -94,7 +95,9 @@ class Pipeline:
         self.engine = self._load_models() if "infer" in self.stages else None
         workers = settings.pipeline.process_workers
         self.pool = (
-            NormalizePool(workers, settings) if workers and "process" in self.stages else None
+            StagePool("process", workers, start_normalize_worker, (settings,))
+            if workers and "process" in self.stages
+            else None
         )
         self._bells: list[Doorbell] = []
         self.loops = self._wire()

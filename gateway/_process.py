@@ -17,8 +17,9 @@ from concurrent.futures.process import BrokenProcessPool
 from gateway._journal import JournalReader
 from gateway._log import get_logger
 from gateway._metrics import Metrics
-from gateway._normalize_workers import Final, Normalized, NormalizePool, Result, normalize
+from gateway._normalize_workers import Final, Normalized, Result, normalize, normalize_share
 from gateway._store import Store, Tx
+from gateway._workers import StagePool
 from schemas import Disposition, InboundMessage, Outcome
 from security import Vault
 from security.audit import AuditLog
@@ -42,7 +43,7 @@ class ProcessStage:
         metrics: Metrics,
         timezone: str = "UTC",
         batch: int = 256,
-        pool: NormalizePool | None = None,
+        pool: StagePool | None = None,
     ) -> None:
         self._journal = journal
         self._store = store
@@ -96,10 +97,15 @@ class ProcessStage:
     def _run(self, inbound: list[InboundMessage]) -> list[Result]:
         """Normalize the batch on the pool, if there is one (and it holds), else here."""
         if self._pool is not None:
+            size = -(-len(inbound) // self._pool.workers)  # contiguous shares, one a worker
+            shares = [
+                [(m.id, m.payload) for m in inbound[i : i + size]]
+                for i in range(0, len(inbound), size)
+            ]
             try:
-                return self._pool.normalize([(m.id, m.payload) for m in inbound])
+                return [r for share in self._pool.map(normalize_share, shares) for r in share]
             except BrokenProcessPool:
-                pass  # logged and restarted by the pool; this batch is redone here
+                pass  # logged and replaced by the pool; this batch is redone here
         return [normalize(m.id, m.payload, self._deid, self._tz) for m in inbound]
 
     def _stored(self, message: InboundMessage, result: Result) -> Result:

@@ -21,8 +21,9 @@ import pytest
 
 from gateway._config import PipelineConfig, Settings
 from gateway._journal import Journal, JournalReader
-from gateway._normalize_workers import Normalized, NormalizePool, WorkersNotStarted, normalize
+from gateway._normalize_workers import Normalized, normalize, start_worker
 from gateway._pipeline import Pipeline
+from gateway._workers import StagePool, WorkersNotStarted
 from schemas import Source
 from security import load_keyring
 from tests.conftest import REPO
@@ -139,8 +140,10 @@ def test_a_worker_killed_mid_batch_loses_no_message(data_dir: Path, pooled: Pipe
 
 def test_a_pool_whose_workers_cannot_start_fails_start_up(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, key_files={"pseudonym": tmp_path / "nope.key"})
-    with pytest.raises(WorkersNotStarted, match=r"FileNotFoundError: .*nope\.key"):
-        NormalizePool(1, settings)
+    with pytest.raises(
+        WorkersNotStarted, match=r"process workers .*FileNotFoundError: .*nope\.key"
+    ):
+        StagePool("process", 1, start_worker, (settings,))
 
 
 STAGE = """
