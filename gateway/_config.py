@@ -66,6 +66,13 @@ class InferenceConfig(BaseModel):
         description="per model id; unlisted models are active; PUT /admin/models/{id}/mode "
         "overrides at run time",
     )
+    feature_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="worker processes that build each batch's feature rows (0: the infer "
+        "stage's own thread); the stage still scores and commits, in topic order",
+    )
 
 
 class MllpDestinationConfig(BaseModel):

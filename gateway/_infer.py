@@ -4,10 +4,11 @@ A step takes a micro-batch of records (up to ``batch_max``; the pipeline's stage
 lingers ``batch_wait_ms`` after a wake-up for it to fill), adds each record's observations
 to its subject's de-identified history, builds one feature row per (record, model) for
 each model that takes one of the record's observation codes, from the subject's history
-within the model's windows, and scores all rows of a model in one sandbox call; every
-model's call is sent before any reply is read, so the models' workers score side by side
-(``InferenceEngine.score_models``). A record
-with no complete row is ``filtered`` with the missing inputs named. When the sandbox
+within the model's windows (``gateway._featurise``: in this thread, or shared out over
+``inference.feature_workers`` processes), and scores all rows of a model in one sandbox
+call; every model's call is sent before any reply is read, so the models' workers score
+side by side (``InferenceEngine.score_models``). A record with no complete row is
+``filtered`` with the missing inputs named. When the sandbox
 cannot score a batch, the engine bisects it: only the records whose rows make workers
 fail on their own are ``dead_lettered`` (with the reason), and the rest of the batch is
 scored and written as usual. A record whose scores cannot make an advisory (a NaN or
@@ -27,30 +28,20 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime
+from concurrent.futures.process import BrokenProcessPool
 
 from pydantic import TypeAdapter
 
+from gateway._featurise import Featuriser, RecordFeatures, featurise_share, shares
+from gateway._featurise import start_worker as start_feature_worker
 from gateway._log import get_logger
 from gateway._metrics import Metrics
-from gateway._store import Store, Tx
-from inference import (
-    FeatureExtractor,
-    InferenceEngine,
-    MissingInputs,
-    build_advisories,
-    observations_from_bundle,
-)
+from gateway._store import Store, TopicEntry, Tx
+from gateway._workers import StagePool
+from inference import InferenceEngine, build_advisories
 from inference._advisory import check_advisory_mapping
 from inference._engine import RowFailure
-from schemas import (
-    Advisory,
-    DeidentifiedRecord,
-    Disposition,
-    InferenceRequest,
-    ObservationFact,
-    Outcome,
-)
+from schemas import Advisory, Disposition, InferenceRequest, Outcome
 from security.audit import AuditLog
 
 log = get_logger("infer")
@@ -68,33 +59,6 @@ class _RowFailed(Exception):
         self.reason = reason
 
 
-class _BatchHistories:
-    """Subjects' observation histories while one batch is featurised.
-
-    A subject's history is what the store holds since the earliest moment any of the
-    batch's records has needed so far (the longest window of the models it triggers, so a
-    vital sign does not load a week of creatinine), plus the facts of the batch's earlier
-    records, which are not stored yet. A record that needs to look further back than what
-    was loaded (another model, or an older message) reloads the subject from the store.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._since: dict[str, datetime] = {}
-        self._stored: dict[str, list[ObservationFact]] = {}
-        self._batch: dict[str, list[ObservationFact]] = defaultdict(list)
-
-    def add(self, subject: str, facts: list[ObservationFact]) -> None:
-        self._batch[subject].extend(facts)
-
-    def get(self, subject: str, since: datetime) -> list[ObservationFact]:
-        loaded = self._since.get(subject)
-        if loaded is None or since < loaded:
-            self._stored[subject] = self._store.history(subject, since)
-            self._since[subject] = since
-        return [*self._stored[subject], *self._batch[subject]]
-
-
 class InferStage:
     name = "infer"
 
@@ -107,28 +71,34 @@ class InferStage:
         config_inputs: Mapping[str, Mapping[str, Mapping[str, float]]],
         batch_max: int = 256,
         default_modes: Mapping[str, str] | None = None,
+        feature_workers: int = 0,
     ) -> None:
         """``config_inputs``: model id -> subject pseudonym -> input name -> value.
 
         ``default_modes``: model id -> active / shadow / off from config; an operator's
         override in the store (``PUT /admin/models/{id}/mode``) wins, read every batch.
+        ``feature_workers``: processes that build feature rows (0: this thread); the pool
+        is ``self.pool``, for its owner to close.
         """
         self._default_modes = dict(default_modes or {})
         self._store = store
         self._engine = engine
         self._audit = audit
         self._metrics = metrics
-        self._config_inputs = config_inputs
         self._batch_max = batch_max
-        self._extractors = {m.id: FeatureExtractor(m) for m in engine.models}
-        # A model scores a message only if the message brings one of its inputs: a lab
-        # result must not re-emit yesterday's vital-sign scores, and vice versa.
-        self._triggers = {
-            m.id: frozenset((c.system, c.code) for i in m.inputs for c in i.codes)
-            for m in engine.models
-        }
         self._log_enforcement()
-        self._unusable = self._check_advisories()
+        unusable = self._check_advisories()
+        self._featuriser = Featuriser(engine.models, config_inputs, unusable)
+        self.pool = (
+            StagePool(
+                "infer",
+                feature_workers,
+                start_feature_worker,
+                (store.path, engine.models, config_inputs, unusable),
+            )
+            if feature_workers
+            else None
+        )
 
     def _check_advisories(self) -> dict[str, str]:
         """Model id -> why its advisories would not be valid FHIR (such a model is not used)."""
@@ -162,9 +132,12 @@ class InferStage:
         if not entries:
             return 0
         started = time.perf_counter()
-        records = [DeidentifiedRecord.model_validate_json(e.payload) for e in entries]
         modes = {**self._default_modes, **self._store.model_modes()}
-        facts_by_record, requests, reasons = self._features(records, modes)
+        records = self._featurise(entries, modes)
+        requests: dict[str, list[InferenceRequest]] = defaultdict(list)
+        for record in records:
+            for model_id, row in record.requests:
+                requests[model_id].append(row)
         advisories: dict[int, list[Advisory]] = defaultdict(list)
         dead: dict[int, str] = {}
         scored = self._engine.score_models(requests)
@@ -192,14 +165,13 @@ class InferStage:
                 advisories[req.message_id].append(advisory)
             self._metrics.batch_rows.labels(model_id).observe(len(reqs))
         with self._store.transaction() as tx:
-            for record, facts in zip(records, facts_by_record, strict=True):
-                tx.add_facts(record.subject, facts)
+            for record in records:
+                tx.add_facts(record.subject, record.facts)
                 self._emit(
                     tx,
                     record,
                     advisories.get(record.message_id, []),
                     dead.get(record.message_id),
-                    reasons[record.message_id],
                 )
             tx.commit_offset(CONSUMER, entries[-1].offset)
         for record in records:
@@ -216,57 +188,31 @@ class InferStage:
         self._metrics.stage_seconds.labels("infer").observe(time.perf_counter() - started)
         return len(entries)
 
-    def _features(
-        self, records: list[DeidentifiedRecord], modes: Mapping[str, str]
-    ) -> tuple[
-        list[list[ObservationFact]], dict[str, list[InferenceRequest]], dict[int, list[str]]
-    ]:
-        """Each record's facts, the feature rows per model, and why rows were not built."""
-        histories = _BatchHistories(self._store)
-        facts_by_record: list[list[ObservationFact]] = []
-        requests: dict[str, list[InferenceRequest]] = defaultdict(list)
-        reasons: dict[int, list[str]] = defaultdict(list)
-        for record in records:
-            facts = observations_from_bundle(record.bundle)
-            facts_by_record.append(facts)
-            if not facts:
-                reasons[record.message_id].append("no coded observations for any model")
-                continue
-            histories.add(record.subject, facts)
-            codes = {(f.system, f.code) for f in facts}
-            triggered = [m for m, wanted in self._triggers.items() if codes & wanted]
-            if not triggered:
-                reasons[record.message_id].append("no model uses any of its observation codes")
-            for model_id in [m for m in triggered if modes.get(m) == "off"]:
-                reasons[record.message_id].append(f"{model_id}: switched off")
-                triggered.remove(model_id)
-            for model_id in [m for m in triggered if m in self._unusable]:
-                reasons[record.message_id].append(f"{model_id}: {self._unusable[model_id]}")
-                triggered.remove(model_id)
-            if not triggered:
-                continue
-            now = max(f.effective for f in facts)
-            window = max(self._extractors[m].max_window for m in triggered)
-            history = histories.get(record.subject, now - window)
-            for model_id in triggered:
-                extractor = self._extractors[model_id]
-                config = self._config_inputs.get(model_id, {}).get(record.subject, {})
-                row = extractor.extract(record.message_id, record.subject, history, now, config)
-                if isinstance(row, MissingInputs):
-                    reasons[record.message_id].append(
-                        f"{model_id}: missing inputs {', '.join(row.names)}"
-                    )
-                else:
-                    requests[model_id].append(row)
-        return facts_by_record, requests, reasons
+    def _featurise(
+        self, entries: list[TopicEntry], modes: Mapping[str, str]
+    ) -> list[RecordFeatures]:
+        """Each entry's facts and feature rows: on the pool, if there is one (and it holds),
+        each subject's entries in one share; else in this thread."""
+        if self.pool is not None:
+            parts = shares(entries, self.pool.workers)
+            work = [([entries[i] for i in part], modes) for part in parts]
+            try:
+                done = self.pool.map(featurise_share, work)
+            except BrokenProcessPool:
+                pass  # logged and replaced by the pool; this batch is done here
+            else:
+                placed: dict[int, RecordFeatures] = {}
+                for part, results in zip(parts, done, strict=True):
+                    placed.update(zip(part, results, strict=True))
+                return [placed[i] for i in range(len(entries))]
+        return self._featuriser.run(entries, modes, self._store)
 
     @staticmethod
     def _emit(
         tx: Tx,
-        record: DeidentifiedRecord,
+        record: RecordFeatures,
         advisories: list[Advisory],
         dead_reason: str | None,
-        reasons: list[str],
     ) -> None:
         if dead_reason is not None:
             tx.dispose(
@@ -275,7 +221,7 @@ class InferStage:
                 )
             )
         elif not advisories:
-            reason = "; ".join(reasons) or "no model applies"
+            reason = "; ".join(record.reasons) or "no model applies"
             tx.dispose(
                 Disposition(message_id=record.message_id, outcome=Outcome.FILTERED, reason=reason)
             )

@@ -12,13 +12,14 @@ Within a process, consecutive stages wake each other (``threading.Event``) and t
 group's doorbell (a FIFO, ``pipeline.<stage>.bell``) after each commit; the process stage
 polls ingest's journal every 2 ms when idle, as before.
 
-With ``pipeline.process_workers``, the process stage spreads each batch's normalize +
-de-identify over that many worker processes of its own (``gateway._normalize_workers``);
-the stage is still the journal's one consumer.
+With ``pipeline.process_workers`` and ``inference.feature_workers``, the process stage
+shares each batch's normalize + de-identify, and the infer stage its feature rows, out
+over that many worker processes of their own (``gateway._workers``, ADR 8); each stage is
+still its topic's one consumer and commits in order.
 
 It tells the parent how it is doing through two files it rewrites atomically (named in
 ``gateway._groups``): its status (pid, stages; with infer: models, provider, sandbox
-enforcement, refused bundles; with process workers: their pids) and its Prometheus
+enforcement, refused bundles; with workers: their pids) and its Prometheus
 samples, merged into the parent's /metrics.
 """
 
@@ -94,13 +95,16 @@ class Pipeline:
         )
         self.engine = self._load_models() if "infer" in self.stages else None
         workers = settings.pipeline.process_workers
-        self.pool = (
+        self.process_pool = (
             StagePool("process", workers, start_normalize_worker, (settings,))
             if workers and "process" in self.stages
             else None
         )
         self._bells: list[Doorbell] = []
         self.loops = self._wire()
+        self.feature_pool = next(
+            (loop.stage.pool for loop in self.loops if isinstance(loop.stage, InferStage)), None
+        )
 
     def _wire(self) -> list[StageLoop]:
         """One loop per stage, each woken by the stage upstream of it.
@@ -146,7 +150,7 @@ class Pipeline:
                 self.metrics,
                 settings.timezone,
                 settings.pipeline.batch_max,
-                self.pool,
+                self.process_pool,
             )
         if stage == "infer":
             assert self.engine is not None
@@ -158,6 +162,7 @@ class Pipeline:
                 self._config_inputs(),
                 settings.inference.batch_max,
                 settings.inference.model_modes,
+                settings.inference.feature_workers,
             )
         assert self.vault is not None
         return WritebackStage(
@@ -212,8 +217,9 @@ class Pipeline:
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"pid": os.getpid(), "stages": list(self.stages)}
-        if self.pool is not None:
-            status["process_workers"] = self.pool.pids
+        for name, pool in (("process", self.process_pool), ("feature", self.feature_pool)):
+            if pool is not None:
+                status[f"{name}_workers"] = pool.pids
         if self.engine is not None:
             status["models"] = self.engine.status()
             status["refused_bundles"] = self.engine.refused
@@ -264,7 +270,8 @@ class Pipeline:
             self.close()
 
     def close(self) -> None:
-        for resource in (self.engine, self.pool, self.journal, self.vault):
+        resources = (self.engine, self.process_pool, self.feature_pool, self.journal, self.vault)
+        for resource in resources:
             if resource is not None:
                 resource.close()
         self.store.close()

@@ -191,6 +191,10 @@ class Store:
         if "shadow" not in columns:  # a data dir from before per-model shadow mode
             conn.execute("ALTER TABLE advisories ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0")
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:

@@ -162,17 +162,17 @@ def test_the_single_process_layout_still_runs(gateway_factory: Any) -> None:
     assert {e["event"] for e in _audit(gw.data_dir, "pipeline")} >= {"started", "stopped"}
 
 
-def test_the_process_stage_on_worker_processes_loses_and_doubles_nothing(
-    gateway_factory: Any,
-) -> None:
-    gw = gateway_factory("workers", {"pipeline": {"process_workers": 2}}).start()
+def test_stages_on_worker_processes_lose_and_double_nothing(gateway_factory: Any) -> None:
+    config = {"pipeline": {"process_workers": 2}, "inference": {"feature_workers": 2}}
+    gw = gateway_factory("workers", config).start()
     workers = _status(gw.data_dir, "pipeline.process")["process_workers"]
-    assert len(workers) == 2
+    workers += _status(gw.data_dir, "pipeline.infer-writeback")["feature_workers"]
+    assert len(set(workers)) == 4
     acked = _blast(gw.mllp_port, 200, "W")
     records = gw.wait_disposed(acked)
     assert {r["disposition"]["outcome"] for r in records.values()} == {"written_back"}
     assert gw.stop() == 0
     _exactly_once(gw.data_dir, acked)
-    for pid in workers:  # they went with their stage
+    for pid in workers:  # they went with their stages
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

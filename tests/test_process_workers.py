@@ -115,7 +115,7 @@ def drain(pipeline: Pipeline) -> None:
 def test_the_pool_commits_exactly_what_the_stage_would_commit_itself(
     data_dir: Path, pooled: Pipeline
 ) -> None:
-    assert pooled.pool is not None and pooled.pool.workers == 2
+    assert pooled.process_pool is not None and pooled.process_pool.workers == 2
     drain(pooled)
     got = committed(pooled)
     assert got == expected(data_dir)
@@ -128,8 +128,10 @@ def test_the_pool_commits_exactly_what_the_stage_would_commit_itself(
 
 
 def test_a_worker_killed_mid_batch_loses_no_message(data_dir: Path, pooled: Pipeline) -> None:
-    assert pooled.pool is not None
-    for pid in list(pooled.pool._executor._processes):  # a dead pool: the next batch notices
+    assert pooled.process_pool is not None
+    for pid in list(
+        pooled.process_pool._executor._processes
+    ):  # a dead pool: the next batch notices
         os.kill(pid, signal.SIGKILL)
     drain(pooled)
     assert committed(pooled) == expected(data_dir)  # redone in the stage's thread
@@ -155,7 +157,7 @@ from gateway._pipeline import Pipeline
 if __name__ == "__main__":
     settings = Settings(data_dir=Path(sys.argv[1]), pipeline=PipelineConfig(process_workers=2))
     pipeline = Pipeline(settings, ["process"])
-    print(*pipeline.pool.pids, flush=True)
+    print(*pipeline.process_pool.pids, flush=True)
     time.sleep(60)
 """
 
