@@ -332,7 +332,8 @@ class Sandbox:
                     error = WorkerUnavailable if call.unavailable else SandboxError
                     times = _TIMES.get(call.attempts, f"{call.attempts} times")
                     raise error(f"worker failed {times}; last: {call.lost}")
-            if not self._inflight and self._worker_cpu > _RECYCLE_AT * self.limits.cpu_seconds:
+            budget = _RECYCLE_AT * self.limits.cpu_seconds  # 0: no CPU limit, no recycling
+            if not self._inflight and self._worker_cpu > budget > 0:
                 self._recycle()
         if call.error is not None:
             raise call.error

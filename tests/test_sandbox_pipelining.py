@@ -11,6 +11,8 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,3 +189,29 @@ def test_an_error_while_reading_a_reply_does_not_hand_the_next_reply_to_the_wron
     assert_same(calls[1].result(), expected(bare, batches[1]))
     assert sandbox.restarts == 1
     assert sandbox.last_failure == "interrupted while reading a reply"
+
+
+def test_a_worker_near_its_cpu_budget_is_replaced_once_nothing_is_in_flight(
+    bundle: ModelBundle, bare: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inference._sandbox._RECYCLE_AT", 1e-9)  # any CPU is near the budget
+    with Sandbox(bundle, LIMITS) as sb:
+        first = sb.pid
+        batches = [random_batch(n, seed=n) for n in (2, 3)]
+        calls = [sb.submit(b) for b in batches]
+        assert_same(calls[0].result(), expected(bare, batches[0]))
+        assert sb.pid == first  # not while a call is in flight on it
+        assert_same(calls[1].result(), expected(bare, batches[1]))
+        assert sb.pid != first and first is not None and not Path(f"/proc/{first}").exists()
+        assert sb.restarts == 0 and sb.failures == 0  # a recycle is not a failure
+
+
+def test_a_worker_without_a_cpu_limit_is_never_recycled(
+    bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inference._sandbox._RECYCLE_AT", 1e-9)
+    with Sandbox(bundle, replace(LIMITS, cpu_seconds=0)) as sb:
+        first = sb.pid
+        sb.run(random_batch(4))
+        assert sb.pid == first
+        assert sb.enforcement["cpu"] == "not limited"
