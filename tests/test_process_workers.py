@@ -127,7 +127,7 @@ def test_the_pool_commits_exactly_what_the_stage_would_commit_itself(
     assert pooled.vault.get(subject) == [{"system": "urn:id:TESTHOSP", "value": "MRN1"}]
 
 
-def test_a_worker_killed_mid_batch_loses_no_message(data_dir: Path, pooled: Pipeline) -> None:
+def test_a_pool_whose_workers_died_loses_no_message(data_dir: Path, pooled: Pipeline) -> None:
     assert pooled.process_pool is not None
     for pid in list(
         pooled.process_pool._executor._processes
